@@ -109,7 +109,7 @@ class Server:
             return "h2c"
         return "mtls" if self.client_cert_auth else "tls"
 
-    def log_tail(self, lines: int = 60) -> str:
+    def log_tail(self, lines: int = 40) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError as exc:
