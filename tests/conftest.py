@@ -60,6 +60,15 @@ TARGETS: list[Kind] = ["etcd", "etcdgw"]
 IN_CI = bool(os.environ.get("CI"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # python-etcd3's old generated modules call protobuf's deprecated descriptor constructors at
+    # import time, one warning per message and field.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:Call to deprecated create function:DeprecationWarning",
+    )
+
+
 def require_tool(what: str, found: str | None, package: str) -> None:
     """Missing etcd/etcdctl: a loud failure in CI (it installs them), a clear skip elsewhere."""
     if found is not None:
