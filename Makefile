@@ -23,8 +23,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# pytest's exit status 5 means it ran no test: that is a failure here too (make fails on any
+# non-zero status), and it says so.
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_ARGS) || { rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest ran no tests (exit status 5)" >&2; fi; exit $$rc; }
 
 run: install
 	$(VENV)/bin/etcdgw serve --data-dir $(DATA) --listen-client-urls http://127.0.0.1:2379
