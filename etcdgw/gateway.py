@@ -1,0 +1,233 @@
+"""The gateway: backend, store and gRPC listeners, opened and closed in the right order.
+
+Embedding (inside any running asyncio loop; uvloop is only the CLI's choice)::
+
+    async with Gateway(Config(listen_client_urls=("http://127.0.0.1:0",))) as gw:
+        print(gw.url)              # http://127.0.0.1:40417 - port 0 resolved
+        await gw.serve_forever()   # until gw.close() is called elsewhere
+
+Shutdown order matters for durability and for clients: stop accepting connections, tell connected
+clients (GOAWAY) to start no new calls, let unary calls in flight finish (up to ``grace``
+seconds), cancel what is left (watch and keepalive streams), close connections, and only then
+close the store and the backend, which flush, so no acknowledged write is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+from etcdgw.backends import open_backend
+from etcdgw.config import Config, ConfigError, Endpoint
+from etcdgw.server.app import GrpcServer, build_services, server_ssl_context
+from etcdgw.server.boundary import Boundary
+from etcdgw.server.codec import EtcdCodec
+from etcdgw.store import Store
+from etcdgw.version import ETCD_VERSION, __version__
+
+__all__ = ["DEFAULT_GRACE", "Gateway"]
+
+log = logging.getLogger(__name__)
+
+#: How long close() lets unary calls in flight finish: etcd's request timeout (N02).
+DEFAULT_GRACE: Final = 7.0
+
+
+@dataclass(frozen=True)
+class _Listener:
+    endpoint: Endpoint  # as configured (port may be 0)
+    bound: Endpoint  # with the actual port
+    server: GrpcServer
+
+
+class Gateway:
+    """One etcdgw instance; see the module docstring. Not reusable after close()."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._backend: Any = None
+        self._store: Store | None = None
+        self._boundary: Boundary | None = None
+        self._listeners: list[_Listener] = []
+        self._started = False
+        self._closing: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the backend and the store, then listen on every configured URL."""
+        if self._started:
+            raise RuntimeError("Gateway already started")
+        self._started = True
+        config = self.config
+        try:
+            ssl_context = self._ssl_context()
+            self._backend = await open_backend(config.backend, config.data_dir)
+            self._store = await Store.open(self._backend, max_txn_ops=config.max_txn_ops)
+            self._boundary = Boundary(
+                codec=EtcdCodec(),
+                max_request_bytes=config.max_request_bytes,
+                max_message_bytes=config.max_message_bytes,
+            )
+            services = build_services(
+                self._store, self._boundary, config, self._client_urls, self._backend.size
+            )
+            for endpoint in config.listen_endpoints:
+                await self._listen(endpoint, services, ssl_context)
+        except BaseException:
+            await self._shutdown(grace=0)
+            raise
+        log.info(
+            "etcdgw %s (etcd API %s) serving member %r on %s, advertising %s; backend %s in %s",
+            __version__,
+            ETCD_VERSION,
+            config.name,
+            ", ".join(self.urls),
+            ", ".join(self.client_urls),
+            config.backend,
+            config.data_dir,
+        )
+
+    async def serve_forever(self) -> None:
+        """Wait until the gateway is closed (by close(), from another task)."""
+        if not self._started:
+            raise RuntimeError("Gateway not started")
+        await self._closed.wait()
+
+    async def close(self, grace: float = DEFAULT_GRACE) -> None:
+        """Drain and close everything; safe to call more than once and from several tasks."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._shutdown(grace))
+        # shield: a caller cancelled while waiting must not abort the shutdown half way.
+        await asyncio.shield(self._closing)
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- where it listens ------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` of the first listener, with the port actually bound."""
+        bound = self._first().bound
+        return bound.host, bound.port
+
+    @property
+    def url(self) -> str:
+        """The first listener's URL, e.g. ``http://127.0.0.1:40417``."""
+        return self._first().bound.url
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(listener.bound.url for listener in self._listeners)
+
+    @property
+    def client_urls(self) -> tuple[str, ...]:
+        """The advertised URLs (MemberList ``clientURLs``), port 0 replaced by the bound port."""
+        return self._client_urls()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("Gateway not started")
+        return self._store
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _first(self) -> _Listener:
+        if not self._listeners:
+            raise RuntimeError("Gateway not started")
+        return self._listeners[0]
+
+    def _client_urls(self) -> tuple[str, ...]:
+        urls = []
+        for endpoint in self.config.advertise_endpoints:
+            if endpoint.port == 0:
+                endpoint = self._resolve_port(endpoint)
+            urls.append(endpoint.url)
+        return tuple(urls)
+
+    def _resolve_port(self, advertised: Endpoint) -> Endpoint:
+        # Prefer the listener configured with the same scheme and host, then any of the scheme.
+        for same_host in (True, False):
+            for listener in self._listeners:
+                configured = listener.endpoint
+                if configured.scheme == advertised.scheme and (
+                    not same_host or configured.host == advertised.host
+                ):
+                    return advertised.with_port(listener.bound.port)
+        return advertised
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        config = self.config
+        if not any(endpoint.tls for endpoint in config.listen_endpoints):
+            return None
+        try:
+            return server_ssl_context(config)
+        except (OSError, ssl.SSLError) as exc:
+            # Name the files: "[SSL] PEM lib" alone does not tell an operator what to fix.
+            raise ConfigError(
+                f"cannot load TLS files (--cert-file {config.cert_file}, --key-file "
+                f"{config.key_file}, --trusted-ca-file {config.trusted_ca_file}): {exc}"
+            ) from exc
+
+    async def _listen(
+        self, endpoint: Endpoint, services: list[Any], ssl_context: ssl.SSLContext | None
+    ) -> None:
+        assert self._boundary is not None
+        server = GrpcServer(services, codec=EtcdCodec())
+        await server.start(
+            endpoint.host,
+            endpoint.port,
+            ssl=ssl_context if endpoint.tls else None,
+            reuse_address=True,
+        )
+        # Port 0: report the port of the first socket (a host name resolving to several
+        # addresses would get one port per address; use an IP literal with port 0).
+        port = server.sockets[0].getsockname()[1] if endpoint.port == 0 else endpoint.port
+        self._listeners.append(_Listener(endpoint, endpoint.with_port(port), server))
+
+    async def _shutdown(self, grace: float) -> None:
+        servers = [listener.server for listener in self._listeners]
+        try:
+            for server in servers:
+                server.stop_accepting()
+                server.announce_shutdown()
+            if self._boundary is not None and self._boundary.inflight:
+                try:
+                    await asyncio.wait_for(self._boundary.wait_idle(), grace)
+                except TimeoutError:
+                    log.warning(
+                        "%d calls still running %.1f s after shutdown began; cancelling them",
+                        self._boundary.inflight,
+                        grace,
+                    )
+            for server in servers:
+                server.close()  # cancels what is left: watch and keepalive streams
+            for server in servers:
+                await server.wait_closed()
+                server.close_connections()
+        finally:
+            try:
+                if self._store is not None:
+                    await self._store.close()
+            finally:
+                if self._backend is not None:
+                    await self._backend.close()
+                self._closed.set()
+                if self._listeners:
+                    log.info("etcdgw stopped")
