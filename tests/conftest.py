@@ -26,7 +26,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,6 @@ from support.procs import (  # noqa: E402
     Kind,
     Server,
     etcd_binary,
-    live_servers,
     start_server,
 )
 
@@ -208,14 +207,15 @@ def _servers_used(item: pytest.Item) -> list[Server]:
     return used
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if not report.failed:
-        return
-    servers = _servers_used(item) or live_servers()
-    for server in servers:
-        report.sections.append(
-            (f"{server.kind} ({server.mode}) log tail: {server.log_path}", server.log_tail())
-        )
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        # Only the servers this test used (a server that failed to start has its log in the error).
+        for server in _servers_used(item):
+            report.sections.append(
+                (f"{server.kind} ({server.mode}) log tail: {server.log_path}", server.log_tail())
+            )
+    return report

@@ -25,9 +25,7 @@ import pytest
 from support.etcdctl import CtlResult, Etcdctl
 from support.procs import Server
 
-TXN_PROMPTS = (
-    "compares:\nsuccess requests (get, put, del):\nfailure requests (get, put, del):\n"
-)
+TXN_PROMPTS = "compares:\nsuccess requests (get, put, del):\nfailure requests (get, put, del):\n"
 COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 FUTURE_REV = "etcdserver: mvcc: required revision is a future revision"
 
@@ -484,9 +482,7 @@ def test_compaction_then_read_below_it_fails(etcdctl: Etcdctl, prefix: str) -> N
     assert etcdctl("get", key).lines == [key, "3"]
     # Compacting again at or below the compacted revision is an error, as is a future one.
     assert_fails_with(etcdctl("compaction", str(r1), check=False), "OutOfRange", COMPACTED)
-    assert_fails_with(
-        etcdctl("compaction", str(r3 + 1000), check=False), "OutOfRange", FUTURE_REV
-    )
+    assert_fails_with(etcdctl("compaction", str(r3 + 1000), check=False), "OutOfRange", FUTURE_REV)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,9 +524,7 @@ def test_mtls_without_client_cert_is_refused(
     with_cert = etcdctl_for(mtls_target)
     key = prefix + "k"
     with_cert("put", key, "before")
-    no_cert = etcdctl_for(
-        mtls_target, client_cert=False, dial_timeout="1s", command_timeout="2s"
-    )
+    no_cert = etcdctl_for(mtls_target, client_cert=False, dial_timeout="1s", command_timeout="2s")
     refused = no_cert("put", key, "intruder", check=False)
     assert refused.rc != 0, str(refused)
     assert no_cert("get", key, check=False).rc != 0

@@ -281,7 +281,7 @@ def _launch(
         data_dir = workdir / f"data-{attempt}"
         log_path = workdir / f"{kind}-{attempt}.log"
         argv = argv_for(url, data_dir)
-        log = open(log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
+        log = open(log_path, "wb")
         try:
             proc = subprocess.Popen(
                 argv,
@@ -364,9 +364,7 @@ def start_etcd(
             *extra_args,
         ]  # fmt: skip
 
-    return _launch(
-        "etcd", argv_for, workdir, tls=tls, client_cert_auth=client_cert_auth, name=name
-    )
+    return _launch("etcd", argv_for, workdir, tls=tls, client_cert_auth=client_cert_auth, name=name)
 
 
 def start_etcdgw(
@@ -396,9 +394,7 @@ def start_etcdgw(
 
     # Run from the repository root so `-m etcdgw` finds this checkout even when not installed.
     env = clean_env(PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return _launch(
         "etcdgw",
         argv_for,
