@@ -121,7 +121,7 @@ def table(
 ) -> str:
     """The stdout table of one clients level."""
     header = f"{wl.name}  clients={group['clients']}  ({len(group['runs']) // len(names)} rounds)"
-    shown = [*wl.figures, *CPU_FIGURES]
+    shown = [*wl.figures, *(() if wl.custom else CPU_FIGURES)]
     cols = [*names, f"{pair[0]}/{pair[1]}" if pair else ""]
     rows = [["figure", *cols]]
     for k in shown:
