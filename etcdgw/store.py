@@ -233,8 +233,7 @@ class Store:
         elif item.kind == "txn":
             res = evaluate_txn(ov, req, self.lease_exists, self.header)
         else:  # compact (C02, C03): does not create a revision
-            first = ov.compact_rev if ov.compact_rev > 0 else -1
-            if req.revision <= first:
+            if req.revision <= ov.compact_rev:
                 raise errors.COMPACTED
             if req.revision > ov.rev:
                 raise errors.FUTURE_REV

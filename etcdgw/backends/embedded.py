@@ -80,7 +80,7 @@ class EmbeddedBackend:
         self._db = db
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         if "cluster_id" not in meta:
-            meta = {"cluster_id": _random_id(), "member_id": _random_id(), "rev": 1, "compact": 0}
+            meta = {"cluster_id": _random_id(), "member_id": _random_id(), "rev": 1, "compact": -1}
             with db:
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany("INSERT INTO meta VALUES (?, ?)", list(meta.items()))

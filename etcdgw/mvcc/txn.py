@@ -22,7 +22,7 @@ from typing import Any
 import betterproto2
 
 from etcdgw import errors
-from etcdgw.mvcc.keys import KeyRange
+from etcdgw.mvcc.keys import FROM_KEY, KeyRange
 from etcdgw.mvcc.overlay import Overlay
 from etcdgw.mvcc.range import check_range_request, execute_range
 from etcdgw.mvcc.replica import Version
@@ -105,7 +105,9 @@ def _intervals(ops: Sequence[Any]) -> tuple[set[bytes], list[KeyRange]]:
     dels: list[KeyRange] = []
     for op in ops:
         kind, r = op_kind(op)
-        if kind == "request_delete_range":
+        # etcd checks against the literal interval [key, range_end): a from-key delete
+        # (range_end "\x00") is an empty interval there, so it never conflicts with a put.
+        if kind == "request_delete_range" and r.range_end != FROM_KEY:
             dels.append(KeyRange.of(r.key, r.range_end))
     puts: set[bytes] = set()
     for op in ops:
@@ -278,8 +280,7 @@ class _Exec:
             elif kind == "request_range" and stage == "range" and r.revision != 0:
                 if r.revision > self.begin:
                     raise errors.FUTURE_REV
-                first = self.ov.compact_rev if self.ov.compact_rev > 0 else -1
-                if r.revision < first:
+                if r.revision < self.ov.compact_rev:
                     raise errors.COMPACTED
         return used
 
