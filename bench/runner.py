@@ -162,9 +162,9 @@ def run_once(target: Target, workload: str, params: Params, state: State, rnd: i
             barrier,
             target.pid if i == 0 else None,
         )
-        p = ctx.Process(target=_proc_entry, args=(out, *args), daemon=True)
-        p.start()
-        children.append(p)
+        child = ctx.Process(target=_proc_entry, args=(out, *args), daemon=True)
+        child.start()
+        children.append(child)
     deadline = time.monotonic() + params.warmup + params.duration + 180
     parts: list[dict[str, Any]] = []
     try:
@@ -172,16 +172,16 @@ def run_once(target: Target, workload: str, params: Params, state: State, rnd: i
             try:
                 parts.append(out.get(timeout=1.0))
             except queue.Empty:
-                if time.monotonic() > deadline or not any(p.is_alive() for p in children):
+                if time.monotonic() > deadline or not any(c.is_alive() for c in children):
                     if out.empty():
                         raise RuntimeError(
                             f"client processes for {target.name} died or hung"
                         ) from None
     finally:
-        for p in children:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
+        for child in children:
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
     crashes = [p["crash"] for p in parts if "crash" in p]
     if crashes:
         raise RuntimeError(f"client process failed against {target.name}: {crashes[0]}")
