@@ -18,7 +18,7 @@ from bench.workloads.base import Workload
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Always recorded; shown after the workload's own figures.
-CPU_FIGURES = ("client CPU", "server CPU")
+CPU_FIGURES = ("client CPU", "server CPU", "machine CPU")
 QUANTILE_POINTS = 201  # latency quantiles kept per run for the CDF plot
 
 
@@ -45,6 +45,8 @@ def run_figures(wl: Workload, run: RunResult) -> dict[str, Any]:
     }
     if run.server_cpu is not None:
         figures["server CPU"] = run.server_cpu
+    if run.machine_cpu is not None:
+        figures["machine CPU"] = run.machine_cpu
     n = len(lat)
     quantiles = (
         [
@@ -66,6 +68,9 @@ def run_figures(wl: Workload, run: RunResult) -> dict[str, Any]:
         "counters": run.counters,
         "client_cpu_per_proc": run.client_cpu,
         "client_saturated": max(run.client_cpu, default=0.0) >= SATURATED_CPU,
+        # Every core busy (client + server + whoever else shares the machine): the figures are
+        # then bounded by the machine, and a client's CPU share understates its demand.
+        "machine_saturated": (run.machine_cpu or 0.0) >= SATURATED_CPU * (os.cpu_count() or 1),
         "latency_quantiles_ms": quantiles,
     }
 
@@ -143,6 +148,12 @@ def table(
             lines.append(
                 f"  ! client-saturated against {n} in {len(sat)} run(s) "
                 f"({worst:.2f} cores in one client process): add --procs"
+            )
+        busy = [r for r in group["runs"] if r["target"] == n and r.get("machine_saturated")]
+        if busy:
+            lines.append(
+                f"  ! machine-saturated (all {os.cpu_count()} cores busy) in {len(busy)} run(s) "
+                f"against {n}: client and server competed for CPU"
             )
         errs = [r for r in group["runs"] if r["target"] == n and r["errors"]]
         if errs:

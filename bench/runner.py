@@ -45,6 +45,7 @@ class RunResult:
     latencies: list[float]  # seconds, sorted
     client_cpu: list[float]  # cores, per client process
     server_cpu: float | None  # cores, when known
+    machine_cpu: float | None  # cores busy on the whole machine (client, server and the rest)
     counters: dict[str, int] = field(default_factory=dict)
 
 
@@ -85,6 +86,8 @@ async def _proc_main(
             marks["wall0"] = time.monotonic()
             if server_pid is not None:
                 marks["srv0"] = proc_cpu_seconds(server_pid) or 0.0
+            if proc == 0:
+                marks["busy0"], marks["total0"] = machine_cpu()
 
         async def client(op: Any) -> None:
             done = 0
@@ -114,7 +117,10 @@ async def _proc_main(
         await asyncio.gather(*(client(op) for op in ops))
         await sampler
         wall = time.monotonic() - marks["wall0"]
-        server_cpu = None
+        server_cpu = machine = None
+        if proc == 0:
+            busy, total = machine_cpu()
+            machine = (busy - marks["busy0"]) / max(total - marks["total0"], 1e-9) * cpu_count()
         if server_pid is not None:
             server_cpu = ((proc_cpu_seconds(server_pid) or 0.0) - marks["srv0"]) / max(wall, 1e-9)
         return {
@@ -127,6 +133,7 @@ async def _proc_main(
             "last": totals["last"],
             "cpu": (time.process_time() - marks["cpu0"]) / max(wall, 1e-9),
             "server_cpu": server_cpu,
+            "machine_cpu": machine,
             "attempts": sum(c.attempts for c in ctxs),
             "conflicts": sum(c.conflicts for c in ctxs),
         }
@@ -201,7 +208,8 @@ def run_once(target: Target, workload: str, params: Params, state: State, rnd: i
         first_error=next((p["first_error"] for p in parts if p["first_error"]), None),
         latencies=sorted(lat),
         client_cpu=[p["cpu"] for p in parts],
-        server_cpu=parts[0]["server_cpu"] if parts and "server_cpu" in parts[0] else None,
+        server_cpu=next((p["server_cpu"] for p in parts if p["server_cpu"] is not None), None),
+        machine_cpu=next((p["machine_cpu"] for p in parts if p["machine_cpu"] is not None), None),
         counters={
             "attempts": sum(p["attempts"] for p in parts),
             "conflicts": sum(p["conflicts"] for p in parts),
@@ -225,3 +233,14 @@ def prepare(target: Target, workload: str, params: Params) -> tuple[State, str |
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+def machine_cpu() -> tuple[float, float]:
+    """``(busy, total)`` jiffies of all CPUs from /proc/stat (busy: not idle, not iowait)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:9]]
+    except OSError:
+        return 0.0, 0.0
+    total = sum(fields)
+    return total - fields[3] - fields[4], total
