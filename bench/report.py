@@ -181,7 +181,7 @@ def machine_facts(etcd_bin: str = "etcd") -> dict[str, Any]:
         pass
     etcd_version = _run([etcd_bin, "--version"])
     commit = _run(["git", "rev-parse", "HEAD"])
-    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
+    dirty = _run(["git", "diff", "--name-only", "HEAD"])
     try:
         load = os.getloadavg()
     except OSError:
@@ -200,7 +200,9 @@ def machine_facts(etcd_bin: str = "etcd") -> dict[str, Any]:
         if etcd_version
         else None,
         "git_commit": commit,
+        # The servers run from the work tree: uncommitted changes are part of what was measured.
         "git_dirty": bool(dirty),
+        "git_dirty_paths": (dirty or "").splitlines(),
         "loadavg_at_start": list(load),
     }
 
