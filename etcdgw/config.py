@@ -192,7 +192,8 @@ class Config:
         listen = self.listen_endpoints
         if not self.advertise_endpoints:
             raise ConfigError("--advertise-client-urls needs at least one URL")
-        if len(set(listen)) != len(listen):
+        fixed = [e for e in listen if e.port != 0]  # each port 0 is a listener of its own
+        if len(set(fixed)) != len(fixed):
             raise ConfigError("--listen-client-urls lists the same URL twice")
         if (self.cert_file is None) != (self.key_file is None):
             raise ConfigError("--cert-file and --key-file must be given together")

@@ -11,6 +11,7 @@ defaults differ from what etcd clients rely on:
   (not a protocol error) on a non-ASCII header value, which would drop the whole connection
   instead of answering ``invalid client api version`` on one call (T17). latin-1 maps every
   byte, so the boundary can recover the exact bytes.
+- A path nobody serves gets a proper UNIMPLEMENTED response (see FallbackMapping).
 - Shutdown can drain: stop accepting, tell clients with GOAWAY to open no new streams, let the
   calls in flight finish, then close (grpclib's own ``close()`` cancels everything at once).
 
@@ -43,7 +44,7 @@ from etcdgw.server.cluster import Cluster
 from etcdgw.server.codec import EtcdCodec
 from etcdgw.server.kv import KV
 from etcdgw.server.maintenance import Health, Maintenance
-from etcdgw.server.unimplemented import Unimplemented
+from etcdgw.server.unimplemented import FallbackMapping, Unimplemented
 from etcdgw.store import Store
 
 __all__ = ["MAX_CONCURRENT_STREAMS", "GrpcServer", "build_services", "server_ssl_context"]
@@ -165,6 +166,7 @@ class GrpcServer(grpclib.server.Server):
 
     def __init__(self, handlers: Collection[Any], *, codec: EtcdCodec) -> None:
         super().__init__(handlers, codec=codec, config=Configuration())
+        self._mapping = FallbackMapping(self._mapping)
         self._h2_config = H2Configuration(
             client_side=False,
             header_encoding="latin-1",

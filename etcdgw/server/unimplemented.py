@@ -12,17 +12,22 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from grpclib.const import Handler, Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 
 from etcdgw.server.boundary import ServerStream, catalogue
 
-__all__ = ["Unimplemented", "unimplemented_message"]
+__all__ = ["FallbackMapping", "Unimplemented", "unimplemented_message"]
 
 
 def unimplemented_message(path: str) -> str:
-    """grpc-go's text for a method a server does not have: ``unknown method M for service S``."""
-    _, service, method = path.split("/")
+    """grpc-go's texts for what a server does not have (what etcd itself would answer)."""
+    parts = path.split("/")
+    if len(parts) != 3 or parts[0] or not parts[1] or not parts[2]:
+        return f'malformed method name: "{path}"'
+    _, service, method = parts
+    if not any(known.startswith(f"/{service}/") for known in catalogue()):
+        return f"unknown service {service}"
     return f"unknown method {method} for service {service}"
 
 
@@ -35,6 +40,21 @@ def _handler_for(path: str) -> Any:
         raise GRPCError(Status.UNIMPLEMENTED, message)
 
     return handle
+
+
+class FallbackMapping(dict[str, Handler]):
+    """A server's path table that answers UNIMPLEMENTED for paths it does not have.
+
+    grpclib's own answer to an unknown path has no content-type header, and grpc-go clients
+    turn such a response into UNKNOWN, not UNIMPLEMENTED: kube-apiserver would then fail instead
+    of falling back when it probes RangeStream (T08). grpclib looks paths up with ``get``.
+    """
+
+    def get(self, path: str, default: Any = None) -> Any:
+        found = super().get(path)
+        if found is not None:
+            return found
+        return Handler(_handler_for(path), Cardinality.UNARY_UNARY, bytes, bytes)
 
 
 class Unimplemented:
