@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import uvloop
 
+from etcdgw.backends import BackendError
 from etcdgw.config import Config, ConfigError, add_arguments
 from etcdgw.gateway import Gateway
 from etcdgw.version import ETCD_VERSION, __version__
@@ -73,7 +74,7 @@ async def serve(config: Config) -> int:
     gateway = Gateway(config)
     try:
         await gateway.start()
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, OSError, BackendError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     try:
