@@ -20,8 +20,12 @@ each parameter gets one fresh pair (both at revision 1) and the examples run seq
   are sent as they are. Revisions in responses are shown relative the same way and key prefixes
   are stripped, so a failing example prints readably. As long as etcdgw is right both servers
   are at the same revision anyway; an example's final prefix Range catches a wrong advance.
-- compactions target revisions <= the current one or just above it (future), so later examples
-  stay readable at their own start revision.
+- ``compact`` requests use relative revisions like the rest (so most land in the future or
+  below the compaction point); ``compact_recent`` ones, shown as ``CompactionRequest(revision=d)``,
+  compact at (current revision - d), d in 0..3, so valid and repeated compactions are common and
+  later reads in the example hit compacted revisions; ``range_recent`` likewise reads at
+  (current revision - ``revision``). Compactions never pass the current
+  revision, so every later example stays readable from its own start revision.
 
 Where etcd 3.4 differs from the newer behaviour the contract specifies, the contract wins (see
 ``contract_outcome``).
@@ -233,7 +237,8 @@ txn_keys = weighted(st.sampled_from([b"a", b"b", b"c", b"b/x"]), st.just(EMPTY_K
 _RANGE_ENDS = [b"", FROM_KEY, b"c", PREFIX_END, b"b/x", FROM_KEY, b"\xff", b"a", PREFIX_END]
 range_ends = st.sampled_from([*_RANGE_ENDS, b"a\x00", b"d", FROM_KEY, b"b", b"", b""])
 values = st.sampled_from(VALUES)
-rel_revs = st.one_of(st.just(0), st.just(-1), st.integers(1, 14))
+# mostly early revisions of the example (historical, possibly compacted), some in the future
+rel_revs = st.sampled_from([0, 1, 2, 3, -1, 4, 1, 2, 5, 3, 6, 1, 2, 9, 14])
 filter_revs = weighted(st.just(0), st.integers(1, 12), 3)
 limits = st.sampled_from([0, 0, 1, 2, 3, -1])
 sort_orders = weighted(st.sampled_from([0, 0, 1, 2]), st.sampled_from([3, 7]), 40)
@@ -352,6 +357,12 @@ compact_requests = st.builds(
 
 Op = tuple[str, Any]
 
+
+def _with_revision(request: pb.RangeRequest, revision: int) -> pb.RangeRequest:
+    request.revision = revision
+    return request
+
+
 _OP_STRATEGIES: dict[str, st.SearchStrategy[Op]] = {
     "put": put_requests().map(lambda r: ("put", r)),
     "range": range_requests(bad_sort=True).map(lambda r: ("range", r)),
@@ -359,9 +370,24 @@ _OP_STRATEGIES: dict[str, st.SearchStrategy[Op]] = {
     "txn": txn_requests().map(lambda r: ("txn", r)),
     "big_txn": big_txns.map(lambda r: ("txn", r)),
     "compact": compact_requests.map(lambda r: ("compact", r)),
+    "range_recent": st.tuples(range_requests(bad_sort=False), st.integers(0, 4)).map(
+        lambda rd: ("range_recent", _with_revision(rd[0], rd[1]))
+    ),
+    "compact_recent": st.builds(
+        pb.CompactionRequest, revision=st.integers(0, 3), physical=st.booleans()
+    ).map(lambda r: ("compact_recent", r)),
 }
 #: relative frequencies of the request kinds in a sequence
-_OP_WEIGHTS = {"put": 6, "range": 7, "delete_range": 3, "txn": 7, "big_txn": 1, "compact": 2}
+_OP_WEIGHTS = {
+    "put": 6,
+    "range": 7,
+    "delete_range": 3,
+    "txn": 7,
+    "big_txn": 1,
+    "compact": 1,
+    "range_recent": 3,
+    "compact_recent": 2,
+}
 
 ops_lists = st.lists(
     st.sampled_from([k for k, w in _OP_WEIGHTS.items() for _ in range(w)]).flatmap(
@@ -416,7 +442,8 @@ def pair(
 
 
 async def call(driver: KvDriver, kind: str, request: Any) -> Any:
-    return await getattr(driver, kind)(request)
+    method = {"compact_recent": "compact", "range_recent": "range"}.get(kind, kind)
+    return await getattr(driver, method)(request)
 
 
 async def head_revision(driver: KvDriver, prefix: bytes) -> int:
@@ -458,8 +485,17 @@ async def run_example(p: Pair, ops: list[Op]) -> None:
     # last, a Range over the whole prefix: the state and revision the example left behind
     steps = [*ops, ("range", pb.RangeRequest(key=b"", range_end=PREFIX_END))]
     for i, (kind, template) in enumerate(steps):
-        req_e = materialize(template, prefix, base_e)
-        req_g = materialize(template, prefix, base_g)
+        if kind == "compact_recent":
+            cur_e = await head_revision(p.etcd, prefix)
+            cur_g = await head_revision(p.gw, prefix)
+            req_e = pb.CompactionRequest(cur_e - template.revision, template.physical)
+            req_g = pb.CompactionRequest(cur_g - template.revision, template.physical)
+        else:
+            req_e = materialize(template, prefix, base_e)
+            req_g = materialize(template, prefix, base_g)
+        if kind == "range_recent":
+            req_e.revision = await head_revision(p.etcd, prefix) - template.revision
+            req_g.revision = await head_revision(p.gw, prefix) - template.revision
         expected = contract_outcome(kind, req_g)
         if expected is None:
             got_e = canonical(template, relativize(await call(p.etcd, kind, req_e), prefix, base_e))
