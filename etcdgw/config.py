@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -132,6 +133,9 @@ class Config:
     log_level: str = "info"
     #: Where the revision log lives: "embedded" (SQLite under data_dir).
     backend: str = "embedded"
+    #: Seconds between progress notifications to watchers that asked for them (etcd's
+    #: --experimental-watch-progress-notify-interval, default 10 min, floor 100 ms: W21, N03).
+    watch_progress_notify_interval: float = 600.0
 
     def __post_init__(self) -> None:
         # Lists arrive from callers as lists; keep the object hashable and truly immutable.
@@ -213,6 +217,8 @@ class Config:
             raise ConfigError(
                 f"--log-level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
             )
+        if self.watch_progress_notify_interval < 0.1:
+            raise ConfigError("--watch-progress-notify-interval must be at least 100ms")
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
 
@@ -252,7 +258,7 @@ class Config:
 
 # -- flags and environment variables ---------------------------------------------------------
 
-_Kind = Literal["str", "optional_str", "urls", "bool", "int"]
+_Kind = Literal["str", "optional_str", "urls", "bool", "int", "duration"]
 
 _FIELD_KINDS: Final[dict[str, _Kind]] = {
     "name": "str",
@@ -267,6 +273,7 @@ _FIELD_KINDS: Final[dict[str, _Kind]] = {
     "max_txn_ops": "int",
     "log_level": "str",
     "backend": "str",
+    "watch_progress_notify_interval": "duration",
 }
 
 _HELP: Final[dict[str, str]] = {
@@ -283,6 +290,8 @@ _HELP: Final[dict[str, str]] = {
     "max_txn_ops": "most operations in a txn branch (default: 128)",
     "log_level": f"one of {', '.join(LOG_LEVELS)} (default: info)",
     "backend": f"revision log backend, one of {', '.join(BACKENDS)} (default: embedded)",
+    "watch_progress_notify_interval": "interval of watch progress notifications, a duration "
+    "like 10m, 1s or 100ms, or seconds (default: 10m)",
 }
 
 
@@ -311,12 +320,35 @@ def _parse_int(text: str) -> int:
     return int(text.strip().replace("_", ""))
 
 
+_DURATION_UNITS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|ns)")
+
+
+def _parse_duration(text: str) -> float:
+    """Seconds from a Go duration ("10m", "1m30s", "100ms") or a plain number of seconds."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"invalid duration {text!r} (examples: 10m, 1s, 100ms)")
+    return total
+
+
 _PARSERS: Final[dict[_Kind, Callable[[str], Any]]] = {
     "str": str,
     "optional_str": lambda text: text or None,
     "urls": _parse_urls,
     "bool": _parse_bool,
     "int": _parse_int,
+    "duration": _parse_duration,
 }
 
 
@@ -389,6 +421,8 @@ def _check_type(name: str, value: Any, kind: _Kind) -> None:
         ok = all(isinstance(item, str) for item in value)
     elif kind == "bool":
         ok = isinstance(value, bool)
+    elif kind == "duration":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     else:
         ok = isinstance(value, int) and not isinstance(value, bool)
     if not ok:

@@ -71,7 +71,9 @@ _U = Code.UNAVAILABLE
 
 # E02: revisions
 COMPACTED: Final = _e(Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")
-FUTURE_REV: Final = _e(Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
+FUTURE_REV: Final = _e(
+    Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision"
+)
 
 # E03: malformed requests
 EMPTY_KEY: Final = _e(_I, "etcdserver: key is not provided")

@@ -28,6 +28,7 @@ from etcdgw.server.boundary import Boundary
 from etcdgw.server.codec import EtcdCodec
 from etcdgw.store import Store
 from etcdgw.version import ETCD_VERSION, __version__
+from etcdgw.watch.hub import WatchHub
 
 __all__ = ["DEFAULT_GRACE", "Gateway"]
 
@@ -51,6 +52,7 @@ class Gateway:
         self.config = config
         self._backend: Any = None
         self._store: Store | None = None
+        self._hub: WatchHub | None = None
         self._boundary: Boundary | None = None
         self._listeners: list[_Listener] = []
         self._started = False
@@ -74,8 +76,21 @@ class Gateway:
                 max_request_bytes=config.max_request_bytes,
                 max_message_bytes=config.max_message_bytes,
             )
+            self._hub = WatchHub(
+                self._store.replica,
+                self._store.header,
+                fragment_limit=config.max_message_bytes,
+                progress_interval=config.watch_progress_notify_interval,
+            )
+            self._store.listeners.append(self._hub.on_apply)
+            self._store.compaction_listeners.append(self._hub.on_compact)
             services = build_services(
-                self._store, self._boundary, config, self._client_urls, self._backend.size
+                self._store,
+                self._boundary,
+                config,
+                self._client_urls,
+                self._backend.size,
+                self._hub,
             )
             for endpoint in config.listen_endpoints:
                 await self._listen(endpoint, services, ssl_context)
@@ -223,6 +238,8 @@ class Gateway:
                 server.close_connections()
         finally:
             try:
+                if self._hub is not None:
+                    await self._hub.close()
                 if self._store is not None:
                     await self._store.close()
             finally:

@@ -71,6 +71,8 @@ class Store:
         self.lease_exists: Callable[[int], bool] = lambda _lease: False
         # Called with each durable revision, in order, after the replica has applied it.
         self.listeners: list[ApplyListener] = []
+        # Called with the new compaction point once the replica has compacted.
+        self.compaction_listeners: list[Callable[[int], None]] = []
 
     @classmethod
     async def open(cls, backend: Backend, *, max_txn_ops: int = 128) -> Store:
@@ -215,6 +217,8 @@ class Store:
                     listener(rev, changes)
             if compact_rev is not None:
                 replica.compact(compact_rev)
+                for on_compact in self.compaction_listeners:
+                    on_compact(compact_rev)
                 self._start_physical_compaction(compact_rev)
 
         for item, response, physical in done:

@@ -93,9 +93,11 @@ class KeyHistory:
 
 
 class Replica:
-    """Sorted key index + per-key history + revision log. ``rev`` is the last applied revision
-    (1 on an empty store, contract H04); ``compact_rev`` the compaction point (-1 = never, as etcd: Compact(0) is a real first
-    compaction, after which Compact(0) fails as already compacted)."""
+    """Sorted key index + per-key history + revision log.
+
+    ``rev`` is the last applied revision (1 on an empty store, contract H04); ``compact_rev`` the
+    compaction point: -1 = never, as in etcd, where Compact(0) is a real first compaction after
+    which Compact(0) fails as already compacted."""
 
     def __init__(self) -> None:
         self.rev = 1

@@ -45,7 +45,9 @@ from etcdgw.server.codec import EtcdCodec
 from etcdgw.server.kv import KV
 from etcdgw.server.maintenance import Health, Maintenance
 from etcdgw.server.unimplemented import FallbackMapping, Unimplemented
+from etcdgw.server.watch import Watch
 from etcdgw.store import Store
+from etcdgw.watch.hub import WatchHub
 
 __all__ = ["MAX_CONCURRENT_STREAMS", "GrpcServer", "build_services", "server_ssl_context"]
 
@@ -62,10 +64,12 @@ def build_services(
     config: Config,
     client_urls: Callable[[], tuple[str, ...]],
     db_size: Callable[[], tuple[int, int]],
+    hub: WatchHub,
 ) -> list[Any]:
     """Servables for the six etcd services and grpc.health.v1, covering every declared path."""
     served: list[Any] = [
         KV(store, boundary),
+        Watch(hub, boundary),
         Cluster(store, boundary, name=config.name, client_urls=client_urls),
         Maintenance(store, boundary, db_size=db_size),
         Health(boundary),

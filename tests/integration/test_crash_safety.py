@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from support.procs import Server, start_etcdgw
 
 from etcdgw._proto import etcdserverpb as pb
-from support.procs import Server, start_etcdgw
 
 WRITERS = 16
 KILL_AFTER_ACKS = 400

@@ -21,6 +21,7 @@ from grpclib.exceptions import GRPCError
 
 from etcdgw import Config
 from etcdgw._proto import etcdserverpb as pb
+from etcdgw.mvcc.replica import Replica
 
 
 def gateway_config(tmp_path: Path, **overrides: Any) -> Config:
@@ -88,6 +89,17 @@ class FakeStore:
         self.fail: dict[str, BaseException] = {}
         self.requests: list[Any] = []
         self.closed = False
+        # What the watch hub reads and hooks into (no revision is ever applied here).
+        self.replica = Replica()
+        self.listeners: list[Any] = []
+        self.compaction_listeners: list[Any] = []
+
+    def header(self, rev: int) -> bytes:
+        return bytes(
+            pb.ResponseHeader(
+                cluster_id=self.cluster_id, member_id=self.member_id, revision=rev, raft_term=1
+            )
+        )
 
     @classmethod
     async def open(cls, backend: Any, *, max_txn_ops: int = 128) -> FakeStore:

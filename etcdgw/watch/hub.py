@@ -1,0 +1,370 @@
+"""The watch hub: one ordered feed of applied revisions fanned out to every watcher.
+
+DESIGN rule 4: events come only from the tail. The store calls :meth:`WatchHub.on_apply` with
+each durable revision, in order, right after the replica applied it; the hub matches the
+revision's changes to watchers and appends responses to each watcher's stream queue, all in one
+synchronous step. Because a stream's queue is the only path to its client, a progress response
+queued after that step can never overtake an event of an earlier revision (W23).
+
+Watchers are *synced* (they receive revisions as they are applied) or *catching up* (a history
+replay from the replica's revision log, done by their stream's catch-up task). A watcher starts
+catching up when it asks for past revisions, or when its stream's queue is too full to take
+more live events (a slow consumer must not hold memory without bound or delay the others); it
+becomes synced again, without gap or duplicate, once its replay reaches the current revision.
+A catching-up watcher that compaction overtakes is cancelled with ``compact_revision`` (W08).
+
+Matching does not visit every watcher per event: single-key watchers are found by dict lookup,
+range watchers are grouped by their exact range (Kubernetes runs many watchers per resource
+prefix), and each group's events are encoded once per distinct option set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import logging
+from collections.abc import Callable, Iterable
+
+from etcdgw.mvcc.keys import KeyRange
+from etcdgw.mvcc.replica import Replica, Version
+from etcdgw.watch.events import EventCache, response, split_fragments
+
+__all__ = ["WatchHub", "WatchStream", "Watcher"]
+
+log = logging.getLogger(__name__)
+
+HIGH_WATER_RESPONSES = 1024  # a stream's queue beyond which live events go to catch-up
+HIGH_WATER_BYTES = 64 << 20
+LOW_WATER_RESPONSES = 128  # catch-up resumes once the queue is this short
+CATCH_UP_REVISIONS = 1000  # distinct revisions in one catch-up response (W16)
+
+HeaderFn = Callable[[int], bytes]
+GroupKey = tuple[bytes, bytes | None]
+
+
+class Watcher:
+    __slots__ = ("fragment", "id", "kr", "next_rev", "nodelete", "noput", "prev_kv",
+                 "progress_notify", "sent", "start_rev", "stream", "synced")
+
+    def __init__(self, stream: WatchStream, watch_id: int, kr: KeyRange, start_rev: int,
+                 next_rev: int, synced: bool, *, prev_kv: bool, noput: bool, nodelete: bool,
+                 progress_notify: bool, fragment: bool) -> None:
+        self.stream = stream
+        self.id = watch_id
+        self.kr = kr
+        self.start_rev = start_rev
+        self.next_rev = next_rev  # the lowest revision not yet delivered or skipped
+        self.synced = synced
+        self.prev_kv = prev_kv
+        self.noput = noput
+        self.nodelete = nodelete
+        self.progress_notify = progress_notify
+        self.fragment = fragment
+        self.sent = False  # events sent since the last progress tick
+
+    @property
+    def group(self) -> GroupKey | None:
+        return None if self.kr.single else (self.kr.start, self.kr.end)
+
+    def wants(self, v: Version) -> bool:
+        return not (self.nodelete if v.version == 0 else self.noput)
+
+
+class WatchHub:
+    def __init__(self, replica: Replica, header: HeaderFn, *, fragment_limit: int,
+                 progress_interval: float) -> None:
+        self.replica = replica
+        self.header = header
+        self.fragment_limit = fragment_limit
+        self.progress_interval = progress_interval
+        self._single: dict[bytes, set[Watcher]] = {}
+        self._ranges: dict[GroupKey, set[Watcher]] = {}
+        self.streams: set[WatchStream] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    @property
+    def watcher_count(self) -> int:
+        return sum(len(s.watchers) for s in self.streams)
+
+    def open_stream(self) -> WatchStream:
+        if self._ticker is None and self.progress_interval > 0:
+            self._ticker = asyncio.create_task(self._tick(), name="etcdgw-watch-progress")
+        s = WatchStream(self)
+        self.streams.add(s)
+        return s
+
+    async def close(self) -> None:
+        for s in list(self.streams):
+            s.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            try:
+                await self._ticker
+            except asyncio.CancelledError:
+                pass
+
+    # -- the index ---------------------------------------------------------------------------
+
+    def _add(self, w: Watcher) -> None:
+        g = w.group
+        if g is None:
+            self._single.setdefault(w.kr.start, set()).add(w)
+        else:
+            self._ranges.setdefault(g, set()).add(w)
+
+    def _remove(self, w: Watcher) -> None:
+        g = w.group
+        if g is None:
+            ws = self._single.get(w.kr.start)
+            if ws is not None:
+                ws.discard(w)
+                if not ws:
+                    del self._single[w.kr.start]
+        else:
+            wr = self._ranges.get(g)
+            if wr is not None:
+                wr.discard(w)
+                if not wr:
+                    del self._ranges[g]
+
+    # -- the feed ---------------------------------------------------------------------------
+
+    def on_apply(self, rev: int, changes: list[Version]) -> None:
+        """A durable revision, just applied to the replica: deliver it to synced watchers."""
+        hits: dict[Watcher, list[int]] | None = None
+        groups: list[tuple[Iterable[Watcher], list[int]]] = []
+        if self._single:
+            for i, v in enumerate(changes):
+                ws = self._single.get(v.key)
+                if ws:
+                    hits = hits if hits is not None else {}
+                    for w in ws:
+                        hits.setdefault(w, []).append(i)
+        for (start, end), group in self._ranges.items():
+            idx = [i for i, v in enumerate(changes)
+                   if v.key >= start and (end is None or v.key < end)]
+            if idx:
+                groups.append((group, idx))
+        if hits is None and not groups:
+            return
+        cache = EventCache(self.replica, rev, changes)
+        header = self.header(rev)
+        if hits:
+            for w, idx in hits.items():
+                self._deliver(w, rev, header, self._events(cache, w, idx))
+        for members, idx in groups:
+            encoded: dict[tuple[bool, bool, bool], list[bytes]] = {}
+            for w in members:
+                opts = (w.prev_kv, w.noput, w.nodelete)
+                evs = encoded.get(opts)
+                if evs is None:
+                    evs = encoded[opts] = self._events(cache, w, idx)
+                self._deliver(w, rev, header, evs)
+
+    @staticmethod
+    def _events(cache: EventCache, w: Watcher, idx: list[int]) -> list[bytes]:
+        ch = cache.changes
+        return [cache.event(i, w.prev_kv) for i in idx if w.wants(ch[i])]
+
+    def _deliver(self, w: Watcher, rev: int, header: bytes, events: list[bytes]) -> None:
+        if not w.synced or rev < w.next_rev:
+            return  # catching up (it will replay rev), or a future start revision (W11)
+        s = w.stream
+        if s.over_high_water():
+            w.synced = False
+            w.next_rev = rev
+            s.wake_catch_up()
+            return
+        w.next_rev = rev + 1
+        if events:
+            w.sent = True
+            s.push_events(w, header, events)
+
+    def on_compact(self, rev: int) -> None:
+        """Compaction at ``rev``: catching-up watchers below it are cancelled (W08, C07)."""
+        for s in list(self.streams):
+            for w in list(s.watchers.values()):
+                if not w.synced and w.next_rev < rev:
+                    s.cancel_compacted(w, rev)
+
+    async def _tick(self) -> None:
+        """W21: progress for every synced progress_notify watcher that got no events."""
+        while True:
+            await asyncio.sleep(self.progress_interval)
+            cur = self.replica.rev
+            header = self.header(cur)
+            for s in list(self.streams):
+                for w in s.watchers.values():
+                    if w.progress_notify and w.synced and not w.sent and w.start_rev <= cur:
+                        s.push(response(header, w.id))
+                    w.sent = False
+
+
+class WatchStream:
+    """One gRPC Watch stream: its watchers, its ordered outgoing queue, its catch-up task."""
+
+    def __init__(self, hub: WatchHub) -> None:
+        self.hub = hub
+        self.watchers: dict[int, Watcher] = {}
+        self._next_id = 0
+        self._out: collections.deque[bytes] = collections.deque()
+        self._out_bytes = 0
+        self._readable = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._catch_up_wanted = asyncio.Event()
+        self._catch_up: asyncio.Task[None] | None = None
+        self.closed = False
+
+    # -- the outgoing queue ---------------------------------------------------------------
+
+    def push(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._out.append(data)
+        self._out_bytes += len(data)
+        self._readable.set()
+        if len(self._out) > LOW_WATER_RESPONSES:
+            self._drained.clear()
+
+    def push_events(self, w: Watcher, header: bytes, events: list[bytes]) -> None:
+        if w.fragment:
+            for part in split_fragments(header, w.id, events, self.hub.fragment_limit):
+                self.push(part)
+        else:
+            self.push(response(header, w.id, b"".join(events)))
+
+    def over_high_water(self) -> bool:
+        return len(self._out) >= HIGH_WATER_RESPONSES or self._out_bytes >= HIGH_WATER_BYTES
+
+    async def next_response(self) -> bytes:
+        while not self._out:
+            self._readable.clear()
+            await self._readable.wait()
+        data = self._out.popleft()
+        self._out_bytes -= len(data)
+        if len(self._out) <= LOW_WATER_RESPONSES:
+            self._drained.set()
+        return data
+
+    # -- requests -------------------------------------------------------------------------
+
+    def create(self, *, key: bytes, range_end: bytes, start_revision: int, prev_kv: bool,
+               filters: Iterable[int], progress_notify: bool, fragment: bool,
+               watch_id: int) -> None:
+        from etcdgw import errors  # local: keeps the module's import graph one-way
+
+        replica, header = self.hub.replica, self.hub.header
+        cur = replica.rev
+        kr = KeyRange.of(key or b"\x00", range_end)
+
+        def refuse(reason: str) -> None:
+            self.push(response(header(cur), -1, created_=True, canceled=True,
+                               cancel_reason=reason))
+
+        if start_revision < 0:
+            return refuse(errors.COMPACTED.message)
+        if kr.empty:
+            return refuse(errors.WATCH_EMPTY_RANGE_REASON)
+        if watch_id != 0 and watch_id in self.watchers:
+            return refuse(errors.WATCH_DUPLICATE_ID_REASON)
+        if watch_id == 0:
+            while self._next_id in self.watchers:
+                self._next_id += 1
+            watch_id = self._next_id
+            self._next_id += 1
+        fs = set(filters)
+        synced = start_revision == 0 or start_revision > cur
+        next_rev = max(cur + 1, start_revision) if synced else start_revision
+        w = Watcher(self, watch_id, kr, start_revision, next_rev, synced, prev_kv=prev_kv,
+                    noput=0 in fs, nodelete=1 in fs, progress_notify=progress_notify,
+                    fragment=fragment)
+        self.watchers[watch_id] = w
+        self.hub._add(w)
+        self.push(response(header(cur), watch_id, created_=True))
+        if not synced:
+            self.wake_catch_up()
+
+    def cancel(self, watch_id: int) -> None:
+        w = self.watchers.pop(watch_id, None)
+        if w is None:
+            return  # W19: unknown id, no response
+        self.hub._remove(w)
+        self.push(response(self.hub.header(self.hub.replica.rev), watch_id, canceled=True))
+
+    def cancel_compacted(self, w: Watcher, compact_rev: int) -> None:
+        if self.watchers.pop(w.id, None) is None:
+            return
+        self.hub._remove(w)
+        # W08/H11: header revision 0, canceled, compact_revision set.
+        self.push(response(self.hub.header(0), w.id, canceled=True,
+                           compact_revision=compact_rev))
+
+    def progress(self) -> None:
+        """W22: one progress response if every watcher is synced and past its start."""
+        if not self.watchers:
+            return
+        cur = self.hub.replica.rev
+        if all(w.synced and w.start_rev <= cur for w in self.watchers.values()):
+            self.push(response(self.hub.header(cur), -1))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for w in self.watchers.values():
+            self.hub._remove(w)
+        self.watchers.clear()
+        self._out.clear()
+        self.hub.streams.discard(self)
+        if self._catch_up is not None:
+            self._catch_up.cancel()
+
+    # -- catch-up -------------------------------------------------------------------------
+
+    def wake_catch_up(self) -> None:
+        if self._catch_up is None:
+            self._catch_up = asyncio.create_task(self._catch_up_loop(),
+                                                 name="etcdgw-watch-catch-up")
+        self._catch_up_wanted.set()
+
+    async def _catch_up_loop(self) -> None:
+        while not self.closed:
+            await self._catch_up_wanted.wait()
+            self._catch_up_wanted.clear()
+            while not self.closed:
+                behind = [w for w in self.watchers.values() if not w.synced]
+                if not behind:
+                    break
+                for w in behind:
+                    await self._drained.wait()
+                    if self.watchers.get(w.id) is w and not w.synced:
+                        self._replay(w)
+
+    def _replay(self, w: Watcher) -> None:
+        """One catch-up step for ``w``: at most CATCH_UP_REVISIONS revisions from history, in
+        one response; synced again when it reaches the current revision. Runs without awaiting,
+        so no revision can be applied between the replay's end and the switch to live."""
+        replica = self.hub.replica
+        if w.next_rev < replica.compact_rev:
+            self.cancel_compacted(w, replica.compact_rev)
+            return
+        log_ = replica.log
+        i = bisect.bisect_left(log_, w.next_rev, key=lambda e: e[0])
+        j = min(len(log_), i + CATCH_UP_REVISIONS)
+        events: list[bytes] = []
+        for rev, changes in log_[i:j]:
+            cache: EventCache | None = None
+            for n, v in enumerate(changes):
+                if v.key in w.kr and w.wants(v):
+                    if cache is None:
+                        cache = EventCache(replica, rev, changes)
+                    events.append(cache.event(n, w.prev_kv))
+        cur = replica.rev
+        w.next_rev = log_[j - 1][0] + 1 if j < len(log_) else cur + 1
+        if events:
+            w.sent = True
+            self.push_events(w, self.hub.header(cur), events)
+        if w.next_rev > cur:
+            w.synced = True
