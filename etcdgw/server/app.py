@@ -39,10 +39,12 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from etcdgw.config import Config
+from etcdgw.lease.manager import LeaseManager
 from etcdgw.server.boundary import Boundary
 from etcdgw.server.cluster import Cluster
 from etcdgw.server.codec import EtcdCodec
 from etcdgw.server.kv import KV
+from etcdgw.server.lease import Lease
 from etcdgw.server.maintenance import Health, Maintenance
 from etcdgw.server.unimplemented import FallbackMapping, Unimplemented
 from etcdgw.server.watch import Watch
@@ -65,11 +67,13 @@ def build_services(
     client_urls: Callable[[], tuple[str, ...]],
     db_size: Callable[[], tuple[int, int]],
     hub: WatchHub,
+    leases: LeaseManager | None = None,
 ) -> list[Any]:
     """Servables for the six etcd services and grpc.health.v1, covering every declared path."""
     served: list[Any] = [
         KV(store, boundary),
         Watch(hub, boundary),
+        *([Lease(store, leases, boundary)] if leases is not None else []),
         Cluster(store, boundary, name=config.name, client_urls=client_urls),
         Maintenance(store, boundary, db_size=db_size),
         Health(boundary),
@@ -98,11 +102,55 @@ def server_ssl_context(config: Config) -> ssl.SSLContext:
     return context
 
 
+class _CoalescingWriter:
+    """The transport as grpclib writes to it: writes made during one event-loop step are
+    joined and sent once, at the end of the step.
+
+    grpclib writes each unary response as three pieces (headers, message, trailers), each a
+    send() system call; with many calls in flight that is most of the server's time (profile
+    of ``bench put``). Joining them, across every call answered in the same step, keeps the
+    order of bytes and costs at most one loop step of latency.
+    """
+
+    __slots__ = ("_buf", "_loop", "_scheduled", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._buf: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._buf.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._buf:
+            return
+        data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
+        self._buf.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _Protocol(H2Protocol):
     """grpclib's H2Protocol with etcd's stream limit, keeping what shutdown needs."""
 
     _transport: asyncio.Transport | None = None
     _h2: H2Connection | None = None
+    _writer: _CoalescingWriter
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Same steps as grpclib's H2Protocol.connection_made, except the local settings: they
@@ -128,15 +176,21 @@ class _Protocol(H2Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self._transport = cast(asyncio.Transport, transport)
         self._h2 = h2_conn
-        self.connection = Connection(h2_conn, self._transport, config=self.config)
+        self._writer = _CoalescingWriter(self._transport)
+        self.connection = Connection(h2_conn, cast(asyncio.Transport, self._writer),
+                                     config=self.config)
         self.connection.flush()
         self.connection.initialize()
         self.processor = EventsProcessor(self.handler, self.connection)
 
     def _writable(self) -> asyncio.Transport | None:
+        """The raw transport for a direct write, after everything buffered (in h2 and in the
+        coalescing writer) went out first, so frames stay whole and in order."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return None
+        self.connection.flush()
+        self._writer.flush()
         return transport
 
     def announce_shutdown(self) -> None:
@@ -148,7 +202,6 @@ class _Protocol(H2Protocol):
         transport = self._writable()
         if transport is None:
             return
-        self.connection.flush()  # keep frames whole: h2's pending bytes go first
         frame = GoAwayFrame(0, last_stream_id=_MAX_STREAM_ID, error_code=ErrorCodes.NO_ERROR)
         transport.write(frame.serialize())
 
@@ -160,6 +213,7 @@ class _Protocol(H2Protocol):
         try:
             self._h2.close_connection(error_code=ErrorCodes.NO_ERROR)
             self.connection.flush()
+            self._writer.flush()
         except Exception:  # a connection h2 already considers broken: just close it
             log.debug("GOAWAY failed", exc_info=True)
         transport.close()
