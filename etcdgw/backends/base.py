@@ -7,16 +7,28 @@ whole batches of already-evaluated revisions, conditional on the revision it eva
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from etcdgw.mvcc.replica import Version
 
-__all__ = ["Backend", "BackendError", "CommitConflict", "Loaded", "Revision"]
+__all__ = [
+    "Backend",
+    "BackendError",
+    "CommitConflict",
+    "Committed",
+    "LeaseChange",
+    "Loaded",
+    "Revision",
+    "SharedBackend",
+]
 
 # One revision's changes, in execution order.
 Revision = tuple[int, list[Version]]
+# A lease record change: (lease id, effective TTL in seconds) for a grant, (lease id, None) for a
+# revoke or expiry. Only grants and revokes are durable; keepalives live in memory.
+LeaseChange = tuple[int, int | None]
 
 
 class BackendError(Exception):
@@ -35,16 +47,23 @@ class Loaded:
     compact_rev: int
     # Every retained version, ascending by (revision, position in its revision).
     revisions: Iterator[Revision]
+    # Every live lease: (lease id, effective TTL in seconds).
+    leases: Sequence[tuple[int, int]] = ()
 
 
 class Backend(Protocol):
     async def load(self) -> Loaded: ...
 
     async def commit(
-        self, expected_rev: int, revisions: list[Revision], compact_rev: int | None
+        self,
+        expected_rev: int,
+        revisions: list[Revision],
+        compact_rev: int | None,
+        leases: Sequence[LeaseChange] = (),
     ) -> None:
-        """Make ``revisions`` (which continue ``expected_rev``) and the new compaction point
-        durable, atomically, or raise. Raises CommitConflict if the log moved on."""
+        """Make ``revisions`` (which continue ``expected_rev``), the new compaction point and
+        the lease changes (applied in order) durable, atomically, or raise. Raises
+        CommitConflict if the log moved on."""
         ...
 
     async def compact(self, rev: int) -> None:
@@ -56,3 +75,36 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+# -- several gateways on one log (DESIGN "Backends / cosmos") ---------------------------------
+
+
+@dataclass(frozen=True)
+class Committed:
+    """One entry of a shared log's tail, in log order: what one commit made durable.
+
+    ``rev`` is the log's revision after the entry; ``revisions`` the revisions it added (none
+    for a lease-only or compaction-only commit). Entries come gap-free: each entry's first
+    revision is the previous entry's ``rev`` + 1.
+    """
+
+    rev: int
+    revisions: list[Revision]
+    compact_rev: int | None = None
+    leases: Sequence[LeaseChange] = ()
+
+
+class SharedBackend(Backend, Protocol):
+    """A log that several gateways write (Cosmos DB). Besides Backend's contract:
+
+    - ``commit`` raises CommitConflict when another gateway committed first; it never returns
+      or raises with the outcome unknown: a commit whose response was lost is resolved by
+      reading the log before ``commit`` returns (committed: return; not: raise BackendError).
+    - ``tail`` follows every commit, this gateway's own included, from ``after_rev`` on.
+    - ``committed_revision`` is the read barrier: the log's revision now (one point read).
+    """
+
+    def tail(self, after_rev: int) -> AsyncIterator[Committed]: ...
+
+    async def committed_revision(self) -> int: ...
