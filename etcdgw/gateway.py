@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from etcdgw.backends import open_backend
 from etcdgw.config import Config, ConfigError, Endpoint
+from etcdgw.lease.manager import LeaseManager
 from etcdgw.server.app import GrpcServer, build_services, server_ssl_context
 from etcdgw.server.boundary import Boundary
 from etcdgw.server.codec import EtcdCodec
@@ -53,6 +54,7 @@ class Gateway:
         self._backend: Any = None
         self._store: Store | None = None
         self._hub: WatchHub | None = None
+        self._leases: LeaseManager | None = None
         self._boundary: Boundary | None = None
         self._listeners: list[_Listener] = []
         self._started = False
@@ -84,6 +86,7 @@ class Gateway:
             )
             self._store.listeners.append(self._hub.on_apply)
             self._store.compaction_listeners.append(self._hub.on_compact)
+            self._leases = LeaseManager(self._store)
             services = build_services(
                 self._store,
                 self._boundary,
@@ -91,9 +94,11 @@ class Gateway:
                 self._client_urls,
                 self._backend.size,
                 self._hub,
+                self._leases,
             )
             for endpoint in config.listen_endpoints:
                 await self._listen(endpoint, services, ssl_context)
+            self._leases.start()
         except BaseException:
             await self._shutdown(grace=0)
             raise
@@ -238,6 +243,8 @@ class Gateway:
                 server.close_connections()
         finally:
             try:
+                if self._leases is not None:
+                    await self._leases.close()
                 if self._hub is not None:
                     await self._hub.close()
                 if self._store is not None:

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
 from etcdgw import errors
-from etcdgw.backends.base import Backend, BackendError
+from etcdgw.backends.base import Backend, BackendError, LeaseChange
+from etcdgw.lease.table import LeaseTable, effective_ttl
+from etcdgw.mvcc.keys import KeyRange
 from etcdgw.mvcc.overlay import Overlay
 from etcdgw.mvcc.range import check_range_request, execute_range, read_revision
 from etcdgw.mvcc.replica import Replica, Version
@@ -52,6 +56,42 @@ class _Queued:
         self.fut = fut
 
 
+class _LeaseBatch:
+    """The lease side of one batch being evaluated, as the Overlay is its key side: grants and
+    revokes staged so far (request i sees those of requests < i) and the keys put with a lease
+    by the batch's pending revisions (so a revoke also deletes keys attached earlier in it)."""
+
+    __slots__ = ("attached", "changes", "granted", "revoked")
+
+    def __init__(self) -> None:
+        self.granted: set[int] = set()
+        self.revoked: set[int] = set()
+        self.attached: dict[int, set[bytes]] = {}
+        # (overlay revision when staged, change) in evaluation order: a change staged at
+        # overlay revision R takes effect after revision R and before R + 1.
+        self.changes: list[tuple[int, LeaseChange]] = []
+
+    def exists(self, lease_id: int, durable: Callable[[int], bool]) -> bool:
+        if lease_id in self.granted:
+            return True
+        return lease_id not in self.revoked and durable(lease_id)
+
+    def grant(self, at: int, lease_id: int, ttl: int) -> None:
+        self.granted.add(lease_id)
+        self.revoked.discard(lease_id)
+        self.changes.append((at, (lease_id, ttl)))
+
+    def revoke(self, at: int, lease_id: int) -> None:
+        self.granted.discard(lease_id)
+        self.revoked.add(lease_id)
+        self.changes.append((at, (lease_id, None)))
+
+    def staged(self, changes: list[Version]) -> None:
+        for v in changes:
+            if v.lease and v.version:
+                self.attached.setdefault(v.lease, set()).add(v.key)
+
+
 class Store:
     def __init__(self, backend: Backend, replica: Replica, cluster_id: int, member_id: int,
                  max_txn_ops: int) -> None:
@@ -67,8 +107,12 @@ class Store:
         self._pipeline: asyncio.Task[None] | None = None
         self._compaction: asyncio.Task[None] | None = None
         self._closing = False
-        # Lease lookup; the lease manager replaces it (no leases exist before it does).
-        self.lease_exists: Callable[[int], bool] = lambda _lease: False
+        # The durable lease records and key attachments, kept in step with the replica.
+        self.leases = LeaseTable()
+        # The lease clock (monotonic seconds); deadlines in ``leases`` are on this scale.
+        self.clock: Callable[[], float] = time.monotonic
+        # Whether a durable lease exists (P03, X17); a hook tests may replace.
+        self.lease_exists: Callable[[int], bool] = self.leases.__contains__
         # Called with each durable revision, in order, after the replica has applied it.
         self.listeners: list[ApplyListener] = []
         # Called with the new compaction point once the replica has compacted.
@@ -84,11 +128,19 @@ class Store:
         if loaded.compact_rev > 0:
             replica.compact(loaded.compact_rev)
         store = cls(backend, replica, loaded.cluster_id, loaded.member_id, max_txn_ops)
+        # A restart cannot know how much of a lease's TTL was left (keepalives are not written
+        # to disk), so every lease gets its full TTL again from now: never expired early (L15),
+        # at worst one TTL late (L16 allows late expiry).
+        now = store.clock()
+        for lease_id, ttl in loaded.leases:
+            store.leases.grant(lease_id, ttl, now)
+        store.leases.apply(v for v in replica.range(KeyRange.of(b"\x00", b"\x00"), replica.rev)
+                           if v.lease)
         store._pipeline = asyncio.create_task(store._run(), name="etcdgw-commit-pipeline")
         if loaded.compact_rev > 0:
             store._start_physical_compaction(loaded.compact_rev)
-        log.info("store loaded: revision %d, compact revision %d, %d keys",
-                 replica.rev, replica.compact_rev, len(replica))
+        log.info("store loaded: revision %d, compact revision %d, %d keys, %d leases",
+                 replica.rev, replica.compact_rev, len(replica), len(store.leases))
         return store
 
     async def close(self) -> None:
@@ -160,6 +212,22 @@ class Store:
     async def compact(self, req: Any) -> bytes:
         return await self._submit("compact", req)
 
+    # -- lease writes (contract §11) ---------------------------------------------------------
+
+    async def lease_grant(self, lease_id: int, ttl: int) -> bytes:
+        """LeaseGrantResponse: durable, but no revision (M04). ``lease_id`` 0: server-chosen."""
+        ttl = effective_ttl(ttl)  # L05, L06
+        return await self._submit("lease_grant", (lease_id, ttl))
+
+    async def lease_revoke(self, lease_id: int) -> bytes:
+        """LeaseRevokeResponse: the lease and, in one revision, its keys are gone (L07)."""
+        return await self._submit("lease_revoke", lease_id)
+
+    async def lease_expire(self, lease_id: int) -> bytes:
+        """A revoke that applies only if the lease is still expired when it is evaluated (a
+        lease revoked and granted again with the same id meanwhile is not the same lease)."""
+        return await self._submit("lease_expire", lease_id)
+
     async def _submit(self, kind: str, req: Any) -> bytes:
         if self._closing:
             raise errors.SERVER_STOPPED
@@ -189,32 +257,43 @@ class Store:
     async def _commit_batch(self, batch: list[_Queued]) -> None:
         replica = self.replica
         ov = Overlay(replica)
+        lb = _LeaseBatch()
         done: list[tuple[_Queued, bytes, Any]] = []  # (item, response, physical-compact rev)
         for item in batch:
             if item.fut.done():  # the caller went away before evaluation: never applied
                 continue
             try:
-                response, physical = self._evaluate(ov, item)
+                response, physical = self._evaluate(ov, item, lb)
             except errors.EtcdError as e:
                 item.fut.set_exception(e)
                 continue
             done.append((item, response, physical))
 
         compact_rev = ov.compactions[-1] if ov.compactions else None
-        if ov.revisions or compact_rev is not None:
+        if ov.revisions or compact_rev is not None or lb.changes:
             try:
-                await self._backend.commit(replica.rev, ov.revisions, compact_rev)
+                await self._backend.commit(replica.rev, ov.revisions, compact_rev,
+                                           leases=[change for _, change in lb.changes])
             except BackendError as e:
                 log.error("commit of revisions %d..%d failed: %s", replica.rev + 1, ov.rev, e)
                 for item, _, _ in done:
                     if not item.fut.done():
                         item.fut.set_exception(errors.TIMEOUT)
                 return
-            # Durable: apply in revision order, then tell listeners (watch, leases).
+            # Durable: apply in revision order (lease records in their place between the
+            # revisions), then tell listeners (watch).
+            pending = lb.changes
+            i = 0
             for rev, changes in ov.revisions:
+                while i < len(pending) and pending[i][0] < rev:
+                    self._apply_lease_change(pending[i][1])
+                    i += 1
                 replica.apply(rev, changes)
+                self.leases.apply(changes)
                 for listener in self.listeners:
                     listener(rev, changes)
+            for _, change in pending[i:]:
+                self._apply_lease_change(change)
             if compact_rev is not None:
                 replica.compact(compact_rev)
                 for on_compact in self.compaction_listeners:
@@ -227,15 +306,34 @@ class Store:
             if not item.fut.done():
                 item.fut.set_result(response)
 
-    def _evaluate(self, ov: Overlay, item: _Queued) -> tuple[bytes, bool]:
+    def _apply_lease_change(self, change: LeaseChange) -> None:
+        lease_id, ttl = change
+        if ttl is None:
+            self.leases.revoke(lease_id)
+        else:
+            self.leases.grant(lease_id, ttl, self.clock())
+
+    def _evaluate(self, ov: Overlay, item: _Queued,
+                  lb: _LeaseBatch | None = None) -> tuple[bytes, bool]:
         req = item.req
         res: WriteResult
+        if lb is None:
+            lb = _LeaseBatch()
+        durable = self.lease_exists
+
+        def lease_exists(lease_id: int) -> bool:
+            return lb.exists(lease_id, durable)
+
         if item.kind == "put":
-            res = evaluate_put(ov, req, self.lease_exists, self.header)
+            res = evaluate_put(ov, req, lease_exists, self.header)
         elif item.kind == "delete":
             res = evaluate_delete(ov, req, self.header)
         elif item.kind == "txn":
-            res = evaluate_txn(ov, req, self.lease_exists, self.header)
+            res = evaluate_txn(ov, req, lease_exists, self.header)
+        elif item.kind == "lease_grant":
+            return self._evaluate_grant(ov, lb, req), False
+        elif item.kind in ("lease_revoke", "lease_expire"):
+            return self._evaluate_revoke(ov, lb, req, item.kind == "lease_expire"), False
         else:  # compact (C02, C03): does not create a revision
             if req.revision <= ov.compact_rev:
                 raise errors.COMPACTED
@@ -245,7 +343,41 @@ class Store:
             return f_msg(1, self.header(ov.rev)), bool(req.physical)
         if res.changes:
             ov.stage(res.rev, res.changes)
+            lb.staged(res.changes)
         return res.response, False
+
+    def _evaluate_grant(self, ov: Overlay, lb: _LeaseBatch, req: tuple[int, int]) -> bytes:
+        lease_id, ttl = req
+        durable = self.lease_exists
+        if lease_id == 0:  # L04: a fresh positive int64, unique among live and staged leases
+            lease_id = self.leases.fresh_id(
+                lambda: secrets.randbits(63), lambda i: lb.exists(i, durable))
+        elif lb.exists(lease_id, durable):
+            raise errors.LEASE_EXISTS
+        lb.grant(ov.rev, lease_id, ttl)
+        return f_msg(1, self.header(ov.rev)) + f_int(2, lease_id) + f_int(3, ttl)
+
+    def _evaluate_revoke(self, ov: Overlay, lb: _LeaseBatch, lease_id: int,
+                         expiry: bool) -> bytes:
+        if not lb.exists(lease_id, self.lease_exists):
+            raise errors.LEASE_NOT_FOUND
+        if expiry and (lease_id in lb.granted or not self.leases.is_expired(lease_id,
+                                                                           self.clock())):
+            raise errors.LEASE_NOT_FOUND  # renewed or granted again: not this expiry's lease
+        # The keys attached now: durable attachments plus the batch's own puts, each checked
+        # against the overlay (a later put in the batch may have detached it).
+        candidates = set(self.leases.keys(lease_id))
+        candidates.update(lb.attached.get(lease_id, ()))
+        doomed = []
+        for key in sorted(candidates):
+            v = ov.get(key)
+            if v is not None and v.lease == lease_id:
+                doomed.append(key)
+        if doomed:  # one revision, ascending key order (L07, M06); none without keys (M04)
+            rev = ov.rev + 1
+            ov.stage(rev, [Version.tombstone(key, rev) for key in doomed])
+        lb.revoke(ov.rev, lease_id)
+        return f_msg(1, self.header(ov.rev))
 
     def _start_physical_compaction(self, rev: int) -> None:
         prev = self._compaction

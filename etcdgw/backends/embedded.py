@@ -17,11 +17,11 @@ import logging
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from etcdgw.backends.base import BackendError, CommitConflict, Loaded, Revision
+from etcdgw.backends.base import BackendError, CommitConflict, LeaseChange, Loaded, Revision
 from etcdgw.mvcc.replica import Version
 
 __all__ = ["EmbeddedBackend"]
@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS kv (
     PRIMARY KEY (rev, sub)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS kv_key_rev ON kv (key, rev);
+-- Live leases: id and effective TTL. No deadline: after a restart every lease gets its full TTL
+-- again (keepalives are not written, so the remaining TTL is unknown; never expire early, L15).
+CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL);
 """
 
 
@@ -93,16 +96,27 @@ class EmbeddedBackend:
             rev=meta["rev"],
             compact_rev=meta["compact"],
             revisions=_group(rows),
+            leases=db.execute("SELECT id, ttl FROM leases").fetchall(),
         )
 
     # -- commit ----------------------------------------------------------------------------
 
     async def commit(
-        self, expected_rev: int, revisions: list[Revision], compact_rev: int | None
+        self,
+        expected_rev: int,
+        revisions: list[Revision],
+        compact_rev: int | None,
+        leases: Sequence[LeaseChange] = (),
     ) -> None:
-        await self._call(lambda: self._commit(expected_rev, revisions, compact_rev))
+        await self._call(lambda: self._commit(expected_rev, revisions, compact_rev, leases))
 
-    def _commit(self, expected: int, revisions: list[Revision], compact_rev: int | None) -> None:
+    def _commit(
+        self,
+        expected: int,
+        revisions: list[Revision],
+        compact_rev: int | None,
+        leases: Sequence[LeaseChange] = (),
+    ) -> None:
         db = self._conn()
         rows = [
             (rev, sub, v.key, v.create, v.version, v.lease, v.value)
@@ -121,6 +135,11 @@ class EmbeddedBackend:
                     db.executemany("INSERT INTO kv VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
                 if compact_rev is not None:
                     db.execute("UPDATE meta SET value = ? WHERE name = 'compact'", (compact_rev,))
+                for lease_id, ttl in leases:  # in order: a batch may revoke then re-grant an id
+                    if ttl is None:
+                        db.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+                    else:
+                        db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?)", (lease_id, ttl))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

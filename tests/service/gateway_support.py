@@ -7,6 +7,7 @@ needs failures the real store never produces.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from grpclib.exceptions import GRPCError
 
 from etcdgw import Config
 from etcdgw._proto import etcdserverpb as pb
+from etcdgw.lease.table import LeaseTable
 from etcdgw.mvcc.replica import Replica
 
 
@@ -93,6 +95,9 @@ class FakeStore:
         self.replica = Replica()
         self.listeners: list[Any] = []
         self.compaction_listeners: list[Any] = []
+        # What the lease manager reads (no lease is ever granted here).
+        self.leases = LeaseTable()
+        self.clock = time.monotonic
 
     def header(self, rev: int) -> bytes:
         return bytes(

@@ -72,6 +72,11 @@ IMPLEMENTED = {
     "/etcdserverpb.KV/Txn",
     "/etcdserverpb.KV/Compact",
     "/etcdserverpb.Watch/Watch",
+    "/etcdserverpb.Lease/LeaseGrant",
+    "/etcdserverpb.Lease/LeaseRevoke",
+    "/etcdserverpb.Lease/LeaseKeepAlive",
+    "/etcdserverpb.Lease/LeaseTimeToLive",
+    "/etcdserverpb.Lease/LeaseLeases",
     "/etcdserverpb.Cluster/MemberList",
     "/etcdserverpb.Maintenance/Status",
     "/grpc.health.v1.Health/Check",
@@ -129,7 +134,9 @@ async def test_undeclared_method_is_unimplemented(
 
 
 async def test_unimplemented_call_leaves_the_connection_usable(channel: Channel) -> None:
-    error = await expect_error(pb.LeaseStub(channel).lease_grant(pb.LeaseGrantRequest(ttl=10)))
+    error = await expect_error(
+        pb.ClusterStub(channel).member_add(pb.MemberAddRequest(peer_ur_ls=["http://x:2380"]))
+    )
     assert error.status is Status.UNIMPLEMENTED
     reply = await pb.KvStub(channel).range(pb.RangeRequest(key=b"k"))
     assert reply.header.revision >= 1
