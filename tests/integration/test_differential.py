@@ -343,10 +343,23 @@ def _big(n: int, where: str) -> pb.TxnRequest:
 
 
 # X13: 129 ops fail whatever the list; 128 is still fine (max-txn-ops cannot be lowered on etcd).
-big_txns = st.builds(
-    _big,
-    st.sampled_from([MAX_TXN_OPS, MAX_TXN_OPS + 1]),
-    st.sampled_from(["compare", "success", "failure"]),
+def _big_nested(outer: int, inner: int) -> pb.TxnRequest:
+    """X13: a nested txn may hold 128 minus its parent's largest list."""
+    get = pb.RequestOp(request_range=pb.RangeRequest(key=b"b"))
+    put = pb.RequestOp(request_put=pb.PutRequest(key=b"c", value=b"nested"))
+    nested = pb.RequestOp(request_txn=pb.TxnRequest(success=[get] * (inner - 1) + [put]))
+    return pb.TxnRequest(success=[get] * (outer - 1) + [nested])
+
+
+big_txns = st.one_of(
+    st.builds(
+        _big,
+        st.sampled_from([MAX_TXN_OPS, MAX_TXN_OPS + 1]),
+        st.sampled_from(["compare", "success", "failure"]),
+    ),
+    st.sampled_from([(1, 127), (1, 128), (2, 126), (2, 127), (64, 64), (64, 65)]).map(
+        lambda oi: _big_nested(*oi)
+    ),
 )
 
 compact_requests = st.builds(
