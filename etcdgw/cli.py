@@ -1,4 +1,9 @@
-"""The ``etcdgw`` command: ``etcdgw serve [flags]`` and ``etcdgw --version``.
+"""The ``etcdgw`` command: ``etcdgw serve [flags]``, ``etcdgw snapshot restore`` and
+``etcdgw --version``.
+
+``snapshot restore SNAPSHOT --data-dir DIR`` turns a file saved with ``etcdctl snapshot save``
+from etcdgw back into a data dir (see etcdgw.snapshot); exit 1 if it cannot (bad digest, data dir
+not empty).
 
 ``serve`` runs one gateway on uvloop until SIGINT or SIGTERM, then shuts down gracefully (see
 etcdgw.gateway) and exits 0. A second signal during shutdown is not caught: it interrupts the
@@ -43,11 +48,49 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve the etcd v3 API. Every flag can also be set as ETCDGW_<FLAG>.",
     )
     add_arguments(serve_parser)
+    snapshot_parser = commands.add_parser("snapshot", help="restore a snapshot")
+    snapshot_commands = snapshot_parser.add_subparsers(
+        dest="snapshot_command", required=True, metavar="COMMAND"
+    )
+    restore = snapshot_commands.add_parser(
+        "restore",
+        help="create a data dir from a snapshot file",
+        description="Create a data dir from a snapshot saved with `etcdctl snapshot save`: same "
+        "keys, revisions and leases, new cluster and member ids (as etcd's restore).",
+    )
+    restore.add_argument("snapshot", metavar="SNAPSHOT", help="the snapshot file")
+    restore.add_argument(
+        "--data-dir", required=True, help="data dir to create (must not exist or be empty)"
+    )
+    restore.add_argument(
+        "--skip-hash-check",
+        action="store_true",
+        help="the file is a bare database (e.g. copied from a data dir), not a snapshot",
+    )
     return parser
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from etcdgw.snapshot import SnapshotError, restore
+
+    try:
+        cluster_id, member_id = restore(
+            args.snapshot, args.data_dir, skip_hash_check=args.skip_hash_check
+        )
+    except (OSError, SnapshotError) as exc:
+        print(f"etcdgw: error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"restored snapshot {args.snapshot} into {args.data_dir} "
+        f"(cluster {cluster_id:x}, member {member_id:x})"
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "snapshot":
+        return _restore(args)
     try:
         config = Config.from_namespace(args)
     except ConfigError as exc:

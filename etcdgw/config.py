@@ -42,6 +42,8 @@ ENV_PREFIX: Final = "ETCDGW_"
 #: top of it before refusing a message outright (1,572,864 + 524,288 = 2,097,152).
 DEFAULT_MAX_REQUEST_BYTES: Final = 1_572_864
 GRPC_OVERHEAD_BYTES: Final = 524_288
+#: etcd's default --quota-backend-bytes (N05).
+DEFAULT_QUOTA_BYTES: Final = 2 * 1024**3
 
 BACKENDS: Final = ("embedded",)
 LOG_LEVELS: Final[Mapping[str, int]] = {
@@ -136,10 +138,20 @@ class Config:
     #: Seconds between progress notifications to watchers that asked for them (etcd's
     #: --experimental-watch-progress-notify-interval, default 10 min, floor 100 ms: W21, N03).
     watch_progress_notify_interval: float = 600.0
+    #: Backend size that raises the NOSPACE alarm (etcd's default 2 GiB; 0 = that default,
+    #: negative = no quota).
+    quota_backend_bytes: int = DEFAULT_QUOTA_BYTES
+    #: Extra plain-HTTP listeners for /metrics and the health endpoints (etcd's flag).
+    listen_metrics_urls: tuple[str, ...] = ()
+    #: "periodic" (keep a time window of history) or "revision" (keep N revisions).
+    auto_compaction_mode: str = "periodic"
+    #: periodic: a duration ("1h", "30m") or a number of hours; revision: a number of
+    #: revisions; "0" turns auto compaction off.
+    auto_compaction_retention: str = "0"
 
     def __post_init__(self) -> None:
         # Lists arrive from callers as lists; keep the object hashable and truly immutable.
-        for name in ("listen_client_urls", "advertise_client_urls"):
+        for name in ("listen_client_urls", "advertise_client_urls", "listen_metrics_urls"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, Iterable):
                 raise ConfigError(f"--{_flag(name)}: expected a sequence of URLs, got {value!r}")
@@ -168,6 +180,30 @@ class Config:
     @property
     def advertise_endpoints(self) -> tuple[Endpoint, ...]:
         return tuple(Endpoint.parse(u, "advertise-client-urls") for u in self.advertise_client_urls)
+
+    @property
+    def metrics_endpoints(self) -> tuple[Endpoint, ...]:
+        return tuple(Endpoint.parse(u, "listen-metrics-urls") for u in self.listen_metrics_urls)
+
+    @property
+    def quota_bytes(self) -> int:
+        """The effective backend quota in bytes; 0 when there is none."""
+        if self.quota_backend_bytes == 0:
+            return DEFAULT_QUOTA_BYTES
+        return max(self.quota_backend_bytes, 0)
+
+    @property
+    def auto_compaction(self) -> tuple[str, float] | None:
+        """("periodic", seconds) or ("revision", revisions kept), or None when off."""
+        mode, text = self.auto_compaction_mode, self.auto_compaction_retention.strip()
+        if mode == "revision":
+            amount = float(_parse_int(text))
+        else:
+            try:
+                amount = float(text) * 3600.0  # a bare number is hours, as in etcd
+            except ValueError:
+                amount = _parse_duration(text)
+        return None if amount <= 0 else (mode, amount)
 
     @property
     def max_message_bytes(self) -> int:
@@ -219,6 +255,20 @@ class Config:
             )
         if self.watch_progress_notify_interval < 0.1:
             raise ConfigError("--watch-progress-notify-interval must be at least 100ms")
+        if self.auto_compaction_mode not in ("periodic", "revision"):
+            raise ConfigError(
+                f"--auto-compaction-mode {self.auto_compaction_mode!r} is not one of "
+                "periodic, revision"
+            )
+        try:
+            self.auto_compaction  # noqa: B018 - parsed for validation
+        except ValueError as exc:
+            raise ConfigError(f"--auto-compaction-retention: {exc}") from None
+        for endpoint in self.metrics_endpoints:
+            if endpoint.tls:
+                raise ConfigError(
+                    f"--listen-metrics-urls {endpoint.url}: only http:// is supported"
+                )
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
 
@@ -274,6 +324,10 @@ _FIELD_KINDS: Final[dict[str, _Kind]] = {
     "log_level": "str",
     "backend": "str",
     "watch_progress_notify_interval": "duration",
+    "quota_backend_bytes": "int",
+    "listen_metrics_urls": "urls",
+    "auto_compaction_mode": "str",
+    "auto_compaction_retention": "str",
 }
 
 _HELP: Final[dict[str, str]] = {
@@ -292,6 +346,12 @@ _HELP: Final[dict[str, str]] = {
     "backend": f"revision log backend, one of {', '.join(BACKENDS)} (default: embedded)",
     "watch_progress_notify_interval": "interval of watch progress notifications, a duration "
     "like 10m, 1s or 100ms, or seconds (default: 10m)",
+    "quota_backend_bytes": "backend size that raises the NOSPACE alarm, in bytes (default: "
+    "2147483648; 0: the default; negative: no quota)",
+    "listen_metrics_urls": "comma-separated http:// URLs to also serve /metrics and /health on",
+    "auto_compaction_mode": "periodic or revision (default: periodic)",
+    "auto_compaction_retention": "periodic: history to keep, a duration like 1h or hours; "
+    "revision: revisions to keep; 0 disables (default: 0)",
 }
 
 

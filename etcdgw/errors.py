@@ -133,8 +133,12 @@ INVALID_AUTH_TOKEN: Final = _e(Code.UNAUTHENTICATED, "etcdserver: invalid auth t
 # E10: membership (a gateway has a fixed membership)
 MEMBER_NOT_FOUND: Final = _e(Code.NOT_FOUND, "etcdserver: member not found")
 INVALID_PEER_URL: Final = _e(_I, "etcdserver: given member URLs are invalid")
+MEMBER_NOT_LEARNER: Final = _e(_F, "etcdserver: can only promote a learner member")
 
 # E11: downgrade
+WRONG_DOWNGRADE_VERSION_FORMAT: Final = _e(
+    _I, "etcdserver: wrong downgrade target version format"
+)
 INVALID_DOWNGRADE_TARGET: Final = _e(_I, "etcdserver: invalid downgrade target version")
 NO_INFLIGHT_DOWNGRADE: Final = _e(_F, "etcdserver: no inflight downgrade job")
 

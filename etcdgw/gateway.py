@@ -21,12 +21,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
+from etcdgw.alarms import Alarms
 from etcdgw.backends import open_backend
+from etcdgw.compactor import AutoCompactor
 from etcdgw.config import Config, ConfigError, Endpoint
 from etcdgw.lease.manager import LeaseManager
+from etcdgw.metrics import Metrics
 from etcdgw.server.app import GrpcServer, build_services, server_ssl_context
 from etcdgw.server.boundary import Boundary
 from etcdgw.server.codec import EtcdCodec
+from etcdgw.server.http import HttpApi, HttpListener, MuxServer, start_http_listener
 from etcdgw.store import Store
 from etcdgw.version import ETCD_VERSION, __version__
 from etcdgw.watch.hub import WatchHub
@@ -56,7 +60,12 @@ class Gateway:
         self._hub: WatchHub | None = None
         self._leases: LeaseManager | None = None
         self._boundary: Boundary | None = None
+        self._alarms: Alarms | None = None
+        self._http: HttpApi | None = None
+        self._compactor: AutoCompactor | None = None
+        self.metrics = Metrics()
         self._listeners: list[_Listener] = []
+        self._metrics_listeners: list[HttpListener] = []
         self._started = False
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
@@ -77,7 +86,10 @@ class Gateway:
                 codec=EtcdCodec(),
                 max_request_bytes=config.max_request_bytes,
                 max_message_bytes=config.max_message_bytes,
+                metrics=self.metrics,
             )
+            self._store.commit_listeners.append(self.metrics.on_commit)
+            self._alarms = Alarms(self._store.member_id, config.quota_bytes, self._backend.size)
             self._hub = WatchHub(
                 self._store.replica,
                 self._store.header,
@@ -95,9 +107,21 @@ class Gateway:
                 self._backend.size,
                 self._hub,
                 self._leases,
+                alarms=self._alarms,
+                backend=self._backend,
             )
+            self._http = HttpApi(self._store, self._alarms, self.metrics)
+            self._register_gauges()
             for endpoint in config.listen_endpoints:
                 await self._listen(endpoint, services, ssl_context)
+            for endpoint in config.metrics_endpoints:
+                self._metrics_listeners.append(
+                    await start_http_listener(self._http, endpoint.host, endpoint.port)
+                )
+            if config.auto_compaction is not None:
+                mode, retention = config.auto_compaction
+                self._compactor = AutoCompactor(self._store, mode, retention)
+                self._compactor.start()
             self._leases.start()
         except BaseException:
             await self._shutdown(grace=0)
@@ -161,12 +185,56 @@ class Gateway:
         return self._client_urls()
 
     @property
+    def metrics_urls(self) -> tuple[str, ...]:
+        """The ``--listen-metrics-urls`` listeners, with the ports actually bound."""
+        return tuple(
+            f"http://{endpoint.host}:{listener.port}"
+            for endpoint, listener in zip(
+                self.config.metrics_endpoints, self._metrics_listeners, strict=False
+            )
+        )
+
+    @property
+    def alarms(self) -> Alarms:
+        """The alarm table and space quota (services check it before writes)."""
+        if self._alarms is None:
+            raise RuntimeError("Gateway not started")
+        return self._alarms
+
+    @property
     def store(self) -> Store:
         if self._store is None:
             raise RuntimeError("Gateway not started")
         return self._store
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _register_gauges(self) -> None:
+        store, alarms, hub, backend = self._store, self._alarms, self._hub, self._backend
+        assert store is not None and alarms is not None and hub is not None
+        gauge = self.metrics.gauge
+        gauge("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is "
+              "not.", lambda: 1)
+        gauge("etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 "
+              "otherwise.", lambda: 1)
+        gauge("etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database "
+              "physically allocated in bytes.", lambda: backend.size()[0])
+        gauge("etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database "
+              "logically in use in bytes.", lambda: backend.size()[1])
+        gauge("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes.",
+              lambda: alarms.quota_bytes)
+        gauge("etcd_debugging_mvcc_current_revision", "The current revision of store.",
+              lambda: store.revision)
+        gauge("etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in "
+              "store.", lambda: store.compact_revision)
+        gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", lambda: len(store.replica))
+        gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers.",
+              lambda: hub.watcher_count)
+        gauge("etcdgw_alarms_active", "Active alarms (NOSPACE, CORRUPT).",
+              lambda: len(alarms.list()))
+        leases = self._leases
+        if leases is not None:
+            gauge("etcdgw_leases", "Live leases.", lambda: len(leases.leases()))
 
     def _first(self) -> _Listener:
         if not self._listeners:
@@ -209,7 +277,7 @@ class Gateway:
         self, endpoint: Endpoint, services: list[Any], ssl_context: ssl.SSLContext | None
     ) -> None:
         assert self._boundary is not None
-        server = GrpcServer(services, codec=EtcdCodec())
+        server = MuxServer(services, codec=EtcdCodec(), http=self._http)
         await server.start(
             endpoint.host,
             endpoint.port,
@@ -224,6 +292,10 @@ class Gateway:
     async def _shutdown(self, grace: float) -> None:
         servers = [listener.server for listener in self._listeners]
         try:
+            if self._compactor is not None:
+                await self._compactor.close()
+            for metrics_listener in self._metrics_listeners:
+                await metrics_listener.close()
             for server in servers:
                 server.stop_accepting()
                 server.announce_shutdown()

@@ -117,6 +117,8 @@ class Store:
         self.listeners: list[ApplyListener] = []
         # Called with the new compaction point once the replica has compacted.
         self.compaction_listeners: list[Callable[[int], None]] = []
+        # Called after each durable group commit: (requests in the batch, seconds it took).
+        self.commit_listeners: list[Callable[[int, float], None]] = []
 
     @classmethod
     async def open(cls, backend: Backend, *, max_txn_ops: int = 128) -> Store:
@@ -271,6 +273,7 @@ class Store:
 
         compact_rev = ov.compactions[-1] if ov.compactions else None
         if ov.revisions or compact_rev is not None or lb.changes:
+            commit_started = time.perf_counter()
             try:
                 await self._backend.commit(replica.rev, ov.revisions, compact_rev,
                                            leases=[change for _, change in lb.changes])
@@ -280,6 +283,8 @@ class Store:
                     if not item.fut.done():
                         item.fut.set_exception(errors.TIMEOUT)
                 return
+            for on_commit in self.commit_listeners:
+                on_commit(len(done), time.perf_counter() - commit_started)
             # Durable: apply in revision order (lease records in their place between the
             # revisions), then tell listeners (watch).
             pending = lb.changes

@@ -19,6 +19,7 @@ import secrets
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 from etcdgw.backends.base import BackendError, CommitConflict, LeaseChange, Loaded, Revision
@@ -63,6 +64,7 @@ class EmbeddedBackend:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="etcdgw-sqlite")
         self._db: sqlite3.Connection | None = None
         self._closed = False
+        self._free_bytes = 0  # free pages inside the file, as last counted
 
     async def _call(self, fn: Callable[[], T]) -> T:
         if self._closed:
@@ -173,16 +175,64 @@ class EmbeddedBackend:
                 """,
                 {"c": rev, "n": COMPACT_CHUNK},
             ).rowcount
+        if n < COMPACT_CHUNK:
+            self._count_free()
         return n == COMPACT_CHUNK
 
     def size(self) -> tuple[int, int]:
+        """(bytes on disk: database + WAL, bytes in use: that minus the free pages last
+        counted, after a compaction or a defragmentation)."""
         total = 0
         for suffix in ("", "-wal"):
             try:
                 total += os.path.getsize(self.path + suffix)
             except OSError:
                 pass
-        return total, total
+        return total, max(total - self._free_bytes, 0)
+
+    def _count_free(self) -> None:
+        db = self._conn()
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        self._free_bytes = free * db.execute("PRAGMA page_size").fetchone()[0]
+
+    # -- maintenance (Defragment, Snapshot) -------------------------------------------------
+
+    async def defragment(self) -> None:
+        """Give the space freed by compaction back to the file system (etcd's Defragment):
+        VACUUM rewrites the file, then the WAL is truncated. Runs on the backend's thread, so
+        commits wait for it, as etcd's writes wait for its defragmentation."""
+        await self._call(self._defragment)
+
+    def _defragment(self) -> None:
+        db = self._conn()
+        try:
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._count_free()
+        except sqlite3.Error as e:
+            raise BackendError(f"sqlite: {e}") from e
+
+    async def snapshot(self, dest: str) -> None:
+        """Write a consistent copy of the database to ``dest`` with SQLite's online backup API,
+        read through a second connection: in WAL mode a reader never blocks the writer, and a
+        one-step backup copies one consistent read transaction."""
+        if self._closed:
+            raise BackendError("backend is closed")
+        await asyncio.to_thread(self._snapshot, dest)
+
+    def _snapshot(self, dest: str) -> None:
+        try:
+            src = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                out = sqlite3.connect(dest)
+                try:
+                    src.backup(out)
+                finally:
+                    out.close()
+            finally:
+                src.close()
+        except sqlite3.Error as e:
+            raise BackendError(f"sqlite: {e}") from e
 
     async def close(self) -> None:
         if self._closed:

@@ -38,6 +38,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
+from etcdgw.alarms import Alarms
 from etcdgw.config import Config
 from etcdgw.lease.manager import LeaseManager
 from etcdgw.server.boundary import Boundary
@@ -68,14 +69,23 @@ def build_services(
     db_size: Callable[[], tuple[int, int]],
     hub: WatchHub,
     leases: LeaseManager | None = None,
+    *,
+    alarms: Alarms | None = None,
+    backend: Any = None,
 ) -> list[Any]:
-    """Servables for the six etcd services and grpc.health.v1, covering every declared path."""
+    """Servables for the six etcd services and grpc.health.v1, covering every declared path.
+
+    ``alarms``: the gateway's alarm table and space quota; every service that grows the store
+    checks it first (KV: ``check_put``/``check_txn``; LeaseGrant: ``alarms.check_lease_grant()``).
+    """
+    if alarms is None:
+        alarms = Alarms(store.member_id, config.quota_bytes, db_size)
     served: list[Any] = [
-        KV(store, boundary),
+        KV(store, boundary, alarms),
         Watch(hub, boundary),
         *([Lease(store, leases, boundary)] if leases is not None else []),
         Cluster(store, boundary, name=config.name, client_urls=client_urls),
-        Maintenance(store, boundary, db_size=db_size),
+        Maintenance(store, boundary, db_size=db_size, alarms=alarms, backend=backend),
         Health(boundary),
     ]
     implemented: set[str] = set()
@@ -89,8 +99,9 @@ def server_ssl_context(config: Config) -> ssl.SSLContext:
     assert config.cert_file is not None and config.key_file is not None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # grpc-go >= 1.67 refuses a TLS server that does not select h2 by ALPN.
-    context.set_alpn_protocols(["h2"])
+    # grpc-go >= 1.67 refuses a TLS server that does not select h2 by ALPN; http/1.1 is for
+    # the HTTP endpoints served on the same port (etcdgw.server.http tells them apart).
+    context.set_alpn_protocols(["h2", "http/1.1"])
     # HTTP/2 forbids TLS 1.2 ciphers other than ephemeral-key AEAD (RFC 9113 9.2.2); Go and
     # grpc core clients all offer these. TLS 1.3 suites are unaffected by this call.
     context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Final
 
@@ -33,6 +34,7 @@ from etcdgw import errors
 from etcdgw._proto import etcdserverpb
 from etcdgw._proto.grpc.health import v1 as health
 from etcdgw.errors import EtcdError
+from etcdgw.metrics import CallStats, Metrics, code_name
 from etcdgw.server.codec import CodecDecodeError, EtcdCodec
 
 __all__ = [
@@ -151,8 +153,11 @@ class Boundary:
         codec: EtcdCodec,
         max_request_bytes: int,
         max_message_bytes: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self._codec = codec
+        #: Per-method call counters and latencies (``/metrics``).
+        self.metrics = metrics if metrics is not None else Metrics()
         self._max_request_bytes = max_request_bytes
         self._max_message_bytes = max_message_bytes
         self._inflight = 0
@@ -220,9 +225,12 @@ class Boundary:
         """A unary method: ``await func(request)`` returns the response (message or Preencoded)."""
         template = _template(path, Cardinality.UNARY_UNARY)
         request_type = template.request_type
+        stats = self.metrics.call(path, template.cardinality)
 
         async def handle(stream: ServerStream) -> None:
             self._begin()
+            started = _counted(stats)
+            code = "Unknown"
             try:
                 with translate_errors(path):
                     check_metadata(stream.metadata)
@@ -231,7 +239,15 @@ class Boundary:
                         raise CodecDecodeError("no request message")
                     reply = await func(request)
                 await stream.send_message(reply)
+                code = "OK"
+            except GRPCError as exc:
+                code = code_name(exc.status)
+                raise
+            except asyncio.CancelledError:
+                code = "Canceled"
+                raise
             finally:
+                stats.finish(code, time.perf_counter() - started)
                 self._end()
 
         return Handler(handle, template.cardinality, request_type, template.reply_type)
@@ -242,13 +258,31 @@ class Boundary:
         """A streaming method: ``await func(call)`` drives the whole stream."""
         template = catalogue()[path]
         request_type = template.request_type
+        stats = self.metrics.call(path, template.cardinality)
 
         async def handle(stream: ServerStream) -> None:
-            with translate_errors(path):
-                check_metadata(stream.metadata)
-                await func(Call(self, stream, request_type, write))
+            started = _counted(stats)
+            code = "Unknown"
+            try:
+                with translate_errors(path):
+                    check_metadata(stream.metadata)
+                    await func(Call(self, stream, request_type, write))
+                code = "OK"
+            except GRPCError as exc:
+                code = code_name(exc.status)
+                raise
+            except asyncio.CancelledError:
+                code = "Canceled"
+                raise
+            finally:
+                stats.finish(code, time.perf_counter() - started)
 
         return Handler(handle, template.cardinality, request_type, template.reply_type)
+
+
+def _counted(stats: CallStats) -> float:
+    stats.started += 1
+    return time.perf_counter()
 
 
 def _template(path: str, cardinality: Cardinality) -> Handler:

@@ -2,17 +2,28 @@
 
 MemberList is what etcdctl ``--cluster`` and the Go client's endpoint sync dial from, so the one
 member's ``clientURLs`` must be URLs that reach this gateway (CL02): the advertised URLs, with a
-configured port 0 replaced by the port actually bound. Membership changes (MemberAdd, ...) are
-answered UNIMPLEMENTED for now (CL03 allows rejecting them).
+configured port 0 replaced by the port actually bound.
+
+Membership is fixed (CL03 allows rejecting changes), and each change is refused with the etcd
+error an operator can act on, printed by etcdctl as ``Error: <message>``:
+
+- MemberAdd: FAILED_PRECONDITION ``etcdserver: not capable`` (INVALID_ARGUMENT ``given member
+  URLs are invalid`` first, for URLs etcd would refuse);
+- MemberRemove, MemberUpdate: NOT_FOUND ``etcdserver: member not found`` for an id that is not
+  this gateway's, ``etcdserver: not capable`` for its own;
+- MemberPromote: ``member not found``, or for this (voting) member FAILED_PRECONDITION
+  ``etcdserver: can only promote a learner member``, exactly etcd's answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from grpclib.const import Handler
 
+from etcdgw import errors
 from etcdgw._proto import etcdserverpb
 from etcdgw.server.boundary import Boundary
 from etcdgw.store import RAFT_TERM, Store
@@ -20,6 +31,10 @@ from etcdgw.store import RAFT_TERM, Store
 __all__ = ["PEER_URL", "Cluster"]
 
 MEMBER_LIST: Final = "/etcdserverpb.Cluster/MemberList"
+MEMBER_ADD: Final = "/etcdserverpb.Cluster/MemberAdd"
+MEMBER_REMOVE: Final = "/etcdserverpb.Cluster/MemberRemove"
+MEMBER_UPDATE: Final = "/etcdserverpb.Cluster/MemberUpdate"
+MEMBER_PROMOTE: Final = "/etcdserverpb.Cluster/MemberPromote"
 
 #: Nothing dials a gateway's peer URL, but tools expect a valid one (CL02); this is etcd's default
 #: ``--initial-advertise-peer-urls``.
@@ -42,7 +57,14 @@ class Cluster:
         self._client_urls = client_urls
 
     def __mapping__(self) -> dict[str, Handler]:
-        return {MEMBER_LIST: self._boundary.unary(MEMBER_LIST, self.member_list, write=False)}
+        unary = self._boundary.unary
+        return {
+            MEMBER_LIST: unary(MEMBER_LIST, self.member_list, write=False),
+            MEMBER_ADD: unary(MEMBER_ADD, self.member_add, write=True),
+            MEMBER_REMOVE: unary(MEMBER_REMOVE, self.member_remove, write=True),
+            MEMBER_UPDATE: unary(MEMBER_UPDATE, self.member_update, write=True),
+            MEMBER_PROMOTE: unary(MEMBER_PROMOTE, self.member_promote, write=True),
+        }
 
     def member(self) -> Any:
         return etcdserverpb.Member(
@@ -61,3 +83,28 @@ class Cluster:
             raft_term=RAFT_TERM,
         )
         return etcdserverpb.MemberListResponse(header=header, members=[self.member()])
+
+    # -- membership changes: refused (see the module docstring) ----------------------------
+
+    def _check_known(self, member_id: int) -> None:
+        if member_id != self._store.member_id:
+            raise errors.MEMBER_NOT_FOUND
+
+    async def member_add(self, request: Any) -> Any:
+        for url in request.peer_ur_ls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https", "unix", "unixs") or not parts.netloc:
+                raise errors.INVALID_PEER_URL
+        raise errors.NOT_CAPABLE
+
+    async def member_remove(self, request: Any) -> Any:
+        self._check_known(request.id)
+        raise errors.NOT_CAPABLE
+
+    async def member_update(self, request: Any) -> Any:
+        self._check_known(request.id)
+        raise errors.NOT_CAPABLE
+
+    async def member_promote(self, request: Any) -> Any:
+        self._check_known(request.id)
+        raise errors.MEMBER_NOT_LEARNER

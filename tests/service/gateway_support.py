@@ -95,6 +95,8 @@ class FakeStore:
         self.replica = Replica()
         self.listeners: list[Any] = []
         self.compaction_listeners: list[Any] = []
+        self.commit_listeners: list[Any] = []
+        self.compact_revision = -1
         # What the lease manager reads (no lease is ever granted here).
         self.leases = LeaseTable()
         self.clock = time.monotonic
