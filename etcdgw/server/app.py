@@ -83,7 +83,7 @@ def build_services(
     served: list[Any] = [
         KV(store, boundary, alarms),
         Watch(hub, boundary),
-        *([Lease(store, leases, boundary)] if leases is not None else []),
+        *([Lease(store, leases, boundary, alarms)] if leases is not None else []),
         Cluster(store, boundary, name=config.name, client_urls=client_urls),
         Maintenance(store, boundary, db_size=db_size, alarms=alarms, backend=backend),
         Health(boundary),

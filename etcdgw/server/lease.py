@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from grpclib.const import Handler
 
+from etcdgw.alarms import Alarms
 from etcdgw.lease.manager import LeaseManager
 from etcdgw.server.boundary import Boundary, Call
 from etcdgw.server.codec import Preencoded
@@ -32,10 +33,18 @@ LEASES: Final = "/etcdserverpb.Lease/LeaseLeases"
 
 
 class Lease:
-    def __init__(self, store: Store, leases: LeaseManager, boundary: Boundary) -> None:
+    def __init__(
+        self,
+        store: Store,
+        leases: LeaseManager,
+        boundary: Boundary,
+        alarms: Alarms | None = None,
+    ) -> None:
         self._store = store
         self._leases = leases
         self._boundary = boundary
+        # The space quota: LeaseGrant fails NO_SPACE under a NOSPACE alarm (L17).
+        self._alarms = alarms
 
     def __mapping__(self) -> dict[str, Handler]:
         unary = self._boundary.unary
@@ -53,6 +62,8 @@ class Lease:
         return f_msg(1, store.header(store.revision))
 
     async def grant(self, request: Any) -> Preencoded:
+        if self._alarms is not None:
+            self._alarms.check_lease_grant()
         return Preencoded(await self._leases.grant(request.id, request.ttl))
 
     async def revoke(self, request: Any) -> Preencoded:
