@@ -436,3 +436,28 @@ async def test_restart_never_expires_a_lease_early(
         await lc.revoke(chosen.id)
     finally:
         await kv.close()
+
+
+# -- python-etcd3: refresh is one keepalive request on a half-closed stream (L10) --------------
+
+
+def test_python_etcd3_lease(target: Server, prefix: str) -> None:
+    import etcd3  # after tests/conftest.py chose the protobuf implementation
+
+    client = etcd3.client(host=target.host, port=target.port, timeout=10,
+                          grpc_options=[("grpc.enable_http_proxy", 0)])
+    try:
+        lease = client.lease(20)
+        client.put(prefix + "a", "1", lease=lease)
+        client.put(prefix + "b", "2", lease=lease)
+        (reply,) = lease.refresh()
+        assert (reply.ID, reply.TTL) == (lease.id, 20)
+        assert lease.granted_ttl == 20 and 15 <= lease.remaining_ttl <= 20
+        assert sorted(lease.keys) == [(prefix + "a").encode(), (prefix + "b").encode()]
+        lease.revoke()
+        assert lease.remaining_ttl == -1
+        assert list(client.get_prefix(prefix)) == []
+        (reply,) = lease.refresh()
+        assert reply.TTL == 0  # L09: not an error
+    finally:
+        client.close()
