@@ -111,11 +111,11 @@ def test_endpoint_status_table(etcdctl: Etcdctl, target: Server) -> None:
     assert "true" in cells  # IS LEADER
 
 
-def test_endpoint_status_version_is_3_5_on_etcdgw(etcdctl: Etcdctl, target: Server) -> None:
-    if target.kind != "etcdgw":
-        pytest.skip("etcd reports its own version")
-    assert status(etcdctl)["version"] == "3.5.17"
-    _, _, body = http_get(target, "/version")
+def test_endpoint_status_version_is_3_5_on_etcdgw(
+    etcdgw_server: Server, etcdctl_for: Any
+) -> None:
+    assert status(etcdctl_for(etcdgw_server))["version"] == "3.5.17"
+    _, _, body = http_get(etcdgw_server, "/version")
     assert json.loads(body)["etcdserver"] == "3.5.17"  # HT03: agrees with Status
 
 
