@@ -216,10 +216,12 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._task: asyncio.Task[None] | None = None
         self.busy = False
+        self._tls = False
         registry.add(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._tls = transport.get_extra_info("ssl_object") is not None
         self._task = asyncio.ensure_future(self._serve())
 
     def data_received(self, data: bytes) -> None:
@@ -229,7 +231,8 @@ class HttpConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         self._more.set()
-        return True  # keep the write side open for the answer in progress
+        # Keep the write side open for the answer in progress (TLS cannot half-close).
+        return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
