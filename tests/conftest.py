@@ -54,6 +54,10 @@ from support.procs import (  # noqa: E402
     start_server,
 )
 
+# -- Cosmos DB test server (all of it in support/cosmos.py): cosmos_endpoint (session: the
+# -- local server's URL, or COSMOS_TEST_ENDPOINT), cosmos_settings (a fresh database per test).
+from support.cosmos import cosmos_endpoint, cosmos_settings  # noqa: E402, F401
+
 TARGETS: list[Kind] = ["etcd", "etcdgw"]
 
 IN_CI = bool(os.environ.get("CI"))

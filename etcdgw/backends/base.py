@@ -20,6 +20,7 @@ __all__ = [
     "Committed",
     "LeaseChange",
     "Loaded",
+    "RequestTooLarge",
     "Revision",
     "SharedBackend",
 ]
@@ -37,6 +38,12 @@ class BackendError(Exception):
 
 class CommitConflict(BackendError):
     """The backend's revision is no longer the one the batch was evaluated against."""
+
+
+class RequestTooLarge(BackendError):
+    """One revision is larger than the backend can write atomically (Cosmos: one transactional
+    batch, about 1.2 MB); nothing was applied. The store answers etcd's "request is too large"
+    (errors.REQUEST_TOO_LARGE) for the request that made that revision."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,176 @@
+"""The change-feed reader: ONE per backend, yielding every commit in revision order, gap-free.
+
+The feed (LatestVersion mode) reports each document's latest version once per write, in the
+order of the writes. Rev documents are written once, so each appears once; meta appears after
+every commit (it is the last operation of each commit batch), lease documents when granted or
+revoked. What the reader keeps:
+
+- ``buf``: rev documents not yet delivered, by revision (a later feed entry for the same
+  revision replaces an earlier one: an orphan of an abandoned commit is replaced by the
+  committed document before any meta confirms that revision);
+- ``meta_seen``: the highest meta revision seen. Only revisions up to it are committed; a
+  revision is delivered once it and every revision of its commit (``first``..``last``, one
+  batch id) are buffered;
+- lease changes, delivered with the commit that wrote them (their ``rev`` is the log revision
+  after that commit) or alone once the log is past them; compactions, delivered once the tail
+  has reached the meta revision that announced them.
+
+A revision that meta confirms but the feed has not shown (the tail started late, or a page was
+missed) is read back by range (``c.rev > @after ORDER BY c.rev``). If it is gone for good
+(physical compaction deleted it before this reader saw it) the reader raises TailLost: the
+gateway is too far behind and must reload.
+
+Continuation: the SDK rewrites the ``etag`` of the response headers it passes to the
+``response_hook`` into its continuation token; it is read from that dict after iterating
+(cosmos-notes.md §5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from etcdgw.backends.base import BackendError, Committed, LeaseChange, Revision
+from etcdgw.backends.cosmos import model as m
+
+if TYPE_CHECKING:
+    from etcdgw.backends.cosmos.backend import CosmosBackend
+
+__all__ = ["TailLost", "feed_token_now", "follow"]
+
+log = logging.getLogger(__name__)
+Doc = dict[str, Any]
+
+PAGE = 100
+#: Polls a confirmed revision may stay missing before the reader gives up (TailLost).
+MISSING_POLLS = 100
+
+
+class TailLost(BackendError):
+    """The tail cannot continue without a gap (revisions it never saw were compacted away)."""
+
+
+async def _read_feed(b: CosmosBackend, **start: Any) -> tuple[list[Doc], str | None]:
+    holder: dict[str, Any] = {}
+
+    def hook(headers: Any, _: Any) -> None:
+        holder["h"] = headers  # a reference: the SDK writes its continuation into it later
+
+    async def run() -> list[Doc]:
+        it = b.c.raw.query_items_change_feed(max_item_count=PAGE, response_hook=hook, **start)
+        return [d async for d in it]
+
+    docs = await b.c.call("change feed", run)
+    headers = holder.get("h") or {}
+    return docs, headers.get("etag")
+
+
+async def feed_token_now(b: CosmosBackend) -> str:
+    _, token = await _read_feed(b, start_time="Now")
+    if not token:
+        raise BackendError("cosmos: the change feed gave no continuation")
+    return token
+
+
+class _State:
+    def __init__(self, after_rev: int, compact: int) -> None:
+        self.delivered = after_rev
+        self.meta_seen = after_rev
+        self.buf: dict[int, Doc] = {}
+        self.leases: list[tuple[int, LeaseChange]] = []
+        self.compact_emitted = compact
+        self.compact_pending: tuple[int, int] | None = None  # (compact rev, meta rev)
+        self.compact_seen = compact
+
+    def see(self, d: Doc) -> None:
+        t = d.get("type")
+        if t == "rev":
+            if int(d["rev"]) > self.delivered:
+                self.buf[int(d["rev"])] = d
+        elif t == "meta":
+            self.meta_seen = max(self.meta_seen, int(d["rev"]))
+            c = int(d.get("compact_rev", -1))
+            self.compact_seen = max(self.compact_seen, c)
+            if c > self.compact_emitted and (
+                    self.compact_pending is None or c > self.compact_pending[0]):
+                self.compact_pending = (c, int(d["rev"]))
+        elif t == "lease":
+            self.leases.append((int(d["rev"]), m.decode_lease(d)))
+
+    def missing(self) -> bool:
+        return self.delivered < self.meta_seen and not self._group_ready()
+
+    def _group_ready(self) -> list[Doc] | None:
+        first = self.buf.get(self.delivered + 1)
+        if first is None:
+            return None
+        last = int(first["last"])
+        if last > self.meta_seen:
+            return None
+        group = [self.buf.get(r) for r in range(self.delivered + 1, last + 1)]
+        if any(d is None or d.get("batch") != first.get("batch") for d in group):
+            return None
+        return [d for d in group if d is not None]
+
+    def _take_leases(self, upto: int) -> list[LeaseChange]:
+        out = [change for rev, change in self.leases if rev <= upto]
+        self.leases = [(rev, change) for rev, change in self.leases if rev > upto]
+        return out
+
+    def ready(self) -> list[Committed]:
+        out: list[Committed] = []
+        while self.delivered < self.meta_seen:
+            group = self._group_ready()
+            if group is None:
+                break
+            revisions: list[Revision] = [m.decode_revision(d) for d in group]
+            for r, _ in revisions:
+                del self.buf[r]
+            self.delivered = revisions[-1][0]
+            out.append(Committed(self.delivered, revisions,
+                                 leases=self._take_leases(self.delivered)))
+        leases = self._take_leases(self.delivered)
+        if leases:
+            out.append(Committed(self.delivered, [], leases=leases))
+        p = self.compact_pending
+        if p is not None and p[1] <= self.delivered:
+            self.compact_pending = None
+            if p[0] > self.compact_emitted:
+                self.compact_emitted = p[0]
+                out.append(Committed(self.delivered, [], compact_rev=p[0]))
+        return out
+
+
+async def follow(b: CosmosBackend, after_rev: int, token: str | None,
+                 compact: int) -> AsyncIterator[Committed]:
+    st = _State(after_rev, compact)
+    if token is None:
+        token = await feed_token_now(b)  # before the catch-up read: nothing falls between
+    st.see(await b._read_meta())
+    for d in await b.rev_docs(after=st.delivered, upto=st.meta_seen):
+        st.see(d)
+    misses = 0
+    while True:
+        for entry in st.ready():
+            yield entry
+        docs, new_token = await _read_feed(b, continuation=token)
+        token = new_token or token
+        for d in docs:
+            st.see(d)
+        if st.missing():
+            for d in await b.rev_docs(after=st.delivered, upto=st.meta_seen):
+                st.see(d)
+            if st.missing():
+                misses += 1
+                if st.compact_seen > st.delivered or misses > MISSING_POLLS:
+                    raise TailLost(
+                        f"cosmos: revision {st.delivered + 1} is gone from the log (compacted "
+                        f"at {st.compact_seen}) before this gateway read it; reload")
+            else:
+                misses = 0
+        else:
+            misses = 0
+        if not docs:
+            await asyncio.sleep(b.s.poll_interval)
