@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -45,7 +45,7 @@ GRPC_OVERHEAD_BYTES: Final = 524_288
 #: etcd's default --quota-backend-bytes (N05).
 DEFAULT_QUOTA_BYTES: Final = 2 * 1024**3
 
-BACKENDS: Final = ("embedded",)
+BACKENDS: Final = ("embedded", "cosmos")
 LOG_LEVELS: Final[Mapping[str, int]] = {
     # etcd's --log-level values, plus Python's spelling of "warn".
     "debug": logging.DEBUG,
@@ -133,8 +133,22 @@ class Config:
     #: Most operations in one Txn branch.
     max_txn_ops: int = 128
     log_level: str = "info"
-    #: Where the revision log lives: "embedded" (SQLite under data_dir).
+    #: Where the revision log lives: "embedded" (SQLite under data_dir) or "cosmos" (Azure
+    #: Cosmos DB, shared by several gateways; the cosmos_* settings).
     backend: str = "embedded"
+    #: Cosmos DB account: endpoint + key, or a connection string holding both. The key is a
+    #: secret: it never appears in repr() or in an error message.
+    cosmos_endpoint: str | None = None
+    cosmos_key: str | None = field(default=None, repr=False)
+    cosmos_connection_string: str | None = field(default=None, repr=False)
+    cosmos_database: str = "EtcdDB"
+    cosmos_container: str = "EtcdData"
+    #: RU/s for a container created on first start (0: the account's default).
+    cosmos_throughput: int = 0
+    #: Consistency level for this client ("": the account's default).
+    cosmos_consistency: str = ""
+    #: Comma-separated preferred regions, in order.
+    cosmos_preferred_regions: str = ""
     #: Seconds between progress notifications to watchers that asked for them (etcd's
     #: --experimental-watch-progress-notify-interval, default 10 min, floor 100 ms: W21, N03).
     watch_progress_notify_interval: float = 600.0
@@ -206,6 +220,31 @@ class Config:
         return None if amount <= 0 else (mode, amount)
 
     @property
+    def cosmos_settings(self) -> Any:
+        """The CosmosSettings of --backend cosmos (etcdgw.backends.cosmos.CosmosSettings;
+        importing it does not import the SDK). TLS verification is off only for a loopback
+        endpoint (the local emulator or test server, whose certificates are self-signed)."""
+        from etcdgw.backends.cosmos.settings import CosmosSettings, _is_loopback
+
+        endpoint = self.cosmos_endpoint or ""
+        if self.cosmos_connection_string:
+            from etcdgw.backends.cosmos.settings import parse_connection_string
+
+            endpoint = parse_connection_string(self.cosmos_connection_string)[0]
+        return CosmosSettings(
+            endpoint=self.cosmos_endpoint or "",
+            key=self.cosmos_key or "",
+            connection_string=self.cosmos_connection_string or "",
+            database=self.cosmos_database,
+            container=self.cosmos_container,
+            throughput=self.cosmos_throughput or None,
+            consistency=self.cosmos_consistency,
+            preferred_regions=tuple(
+                r.strip() for r in self.cosmos_preferred_regions.split(",") if r.strip()),
+            connection_verify=not _is_loopback(endpoint),
+        )
+
+    @property
     def max_message_bytes(self) -> int:
         """The transport's inbound limit: larger messages are refused before being read (T11)."""
         return self.max_request_bytes + GRPC_OVERHEAD_BYTES
@@ -271,6 +310,16 @@ class Config:
                 )
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.backend == "cosmos":
+            if not self.cosmos_connection_string and not (
+                    self.cosmos_endpoint and self.cosmos_key):
+                raise ConfigError(
+                    "--backend cosmos needs --cosmos-endpoint and --cosmos-key, or "
+                    "--cosmos-connection-string")
+            try:
+                self.cosmos_settings  # noqa: B018 - built for validation
+            except ValueError as exc:
+                raise ConfigError(f"--cosmos-*: {exc}") from None
 
     # -- construction from the outside world ----------------------------------------------
 
@@ -323,6 +372,14 @@ _FIELD_KINDS: Final[dict[str, _Kind]] = {
     "max_txn_ops": "int",
     "log_level": "str",
     "backend": "str",
+    "cosmos_endpoint": "optional_str",
+    "cosmos_key": "optional_str",
+    "cosmos_connection_string": "optional_str",
+    "cosmos_database": "str",
+    "cosmos_container": "str",
+    "cosmos_throughput": "int",
+    "cosmos_consistency": "str",
+    "cosmos_preferred_regions": "str",
     "watch_progress_notify_interval": "duration",
     "quota_backend_bytes": "int",
     "listen_metrics_urls": "urls",
@@ -344,6 +401,18 @@ _HELP: Final[dict[str, str]] = {
     "max_txn_ops": "most operations in a txn branch (default: 128)",
     "log_level": f"one of {', '.join(LOG_LEVELS)} (default: info)",
     "backend": f"revision log backend, one of {', '.join(BACKENDS)} (default: embedded)",
+    "cosmos_endpoint": "Cosmos DB account endpoint, https://ACCOUNT.documents.azure.com:443/",
+    "cosmos_key": "Cosmos DB account key (prefer the environment variable: flags are visible "
+    "to other local users)",
+    "cosmos_connection_string": "Cosmos DB connection string AccountEndpoint=...;AccountKey=...;"
+    " (instead of --cosmos-endpoint and --cosmos-key)",
+    "cosmos_database": "Cosmos DB database, created if missing (default: EtcdDB)",
+    "cosmos_container": "Cosmos DB container, created if missing (default: EtcdData)",
+    "cosmos_throughput": "RU/s of a container created on first start (default: 0, the "
+    "account's default)",
+    "cosmos_consistency": "consistency level of the Cosmos client: Strong, BoundedStaleness, "
+    "Session, ConsistentPrefix or Eventual (default: the account's)",
+    "cosmos_preferred_regions": "comma-separated Azure regions to prefer, in order",
     "watch_progress_notify_interval": "interval of watch progress notifications, a duration "
     "like 10m, 1s or 100ms, or seconds (default: 10m)",
     "quota_backend_bytes": "backend size that raises the NOSPACE alarm, in bytes (default: "

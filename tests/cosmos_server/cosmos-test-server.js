@@ -71,6 +71,9 @@ if (fixOn("FEED")) {
   mod.default = async (account, req, res, params) => {
     const aim = String(req.headers["a-im"] || "").toLowerCase();
     if (aim !== "incremental feed") return stock(account, req, res, params);
+    // The stock response writer answers every A-IM request with 304 and etag "1" on its way
+    // out; without the header it sends what this handler returns.
+    delete req.headers["a-im"];
     const collection = account.database(params.dbId).collection(params.collId);
     if (!collection.read()) { res.statusCode = 404; return { message: "collection not found" }; }
     const docs = collection.documents;

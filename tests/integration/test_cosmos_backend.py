@@ -175,17 +175,19 @@ async def test_tail_from_two_gateways_sees_every_commit_in_order(cosmos_settings
             await w.commit(h.rev, [h.next([(b"k%d" % (i % 4), b"v%d" % i, 0)])], None,
                            leases=[(100 + i, 10)] if i == 3 else ())
         await b.commit(h.rev, [], 5)  # a compaction entry
-        await a.commit(h.rev, [], None, leases=[(103, None)])  # a lease-only entry
+        await a.commit(h.rev, [], None, leases=[(200, 7)])  # a lease-only entry
         for tail in tails:
             got = await asyncio.wait_for(_collect(
                 tail, h.rev, lambda es: any(e.compact_rev == 5 for e in es)
-                and any((103, None) in e.leases for e in es)), 20)
+                and any((200, 7) in e.leases for e in es)), 20)
             revs = [r for e in got for r, _ in e.revisions]
             assert revs == list(range(2, h.rev + 1))
             assert [(r, [(v.key, v.value) for v in ch]) for e in got for r, ch in e.revisions] \
                 == [(r, [(v.key, v.value) for v in ch]) for r, ch in h.revisions]
             assert [e.rev for e in got] == sorted(e.rev for e in got)
             assert any((103, 10) in e.leases for e in got)
+            # the lease-only commit: an entry without revisions at the log's revision
+            assert [e.rev for e in got if (200, 7) in e.leases and not e.revisions] == [h.rev]
     finally:
         await a.close()
         await b.close()
@@ -371,12 +373,18 @@ async def test_commit_with_unknown_outcome_is_resolved(faulty: tuple[Any, Any, A
     h = History()
     await b.commit(1, [h.next([(b"a", b"1", 0)])], None)
     if fault == "lose":
-        t.lose_response(is_batch)
+        f = t.lose_response(is_batch)
     elif fault == "503":
-        t.status(is_batch, 503)
+        f = t.status(is_batch, 503)
     else:
-        t.hang(is_batch)
+        f = t.hang(is_batch)
+    n = len(t.sent)
     await b.commit(h.rev, [h.next([(b"a", b"2", 0), (b"b", b"x", 0)])], None)
+    assert f.hits == 1
+    if fault == "lose":  # applied: found in meta.recent, never sent again
+        assert t.sent[n:] == ["BATCH", "GET /meta"]
+    else:  # not applied: meta fenced (its etag moves), then the batch again
+        assert t.sent[n:] == ["GET /meta", "PUT /meta", "BATCH"]
     await b.commit(h.rev, [h.next([(b"c", b"3", 0)])], None)
     await _check_log(settings, h)
     meta = await b.c.read("meta")
@@ -397,10 +405,11 @@ async def test_lost_response_of_a_conflicting_commit(faulty: tuple[Any, Any, Any
         h = History()
         mine = History()
         await other.commit(1, [h.next([(b"o", b"other", 0)])], None)
-        t.lose_response(is_batch)
+        f = t.lose_response(is_batch)
         b._meta = {**(b._meta or {}), "rev": 1}  # our stale view: still at revision 1
         with pytest.raises(CommitConflict):
             await b.commit(1, [mine.next([(b"m", b"mine", 0)])], None)
+        assert f.hits == 1
         await _check_log(settings, h)
     finally:
         await other.close()

@@ -108,7 +108,7 @@ class FaultTransport(AioHttpTransport):
             return _FakeResponse(request, f.status, headers, body)
         if f is not None and f.action == "hang":
             await asyncio.sleep(3600)
-        label = f"{request.method} {str(request.url).split('/docs', 1)[-1] or '/'}"
+        label = f"{request.method} {str(request.url).split('/docs', 1)[-1].rstrip('/') or '/'}"
         if is_batch(request):
             label = "BATCH"
         elif is_feed(request):
