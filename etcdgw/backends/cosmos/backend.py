@@ -275,10 +275,12 @@ class CosmosBackend:
                 return None  # meta moved on without it: the batch can never apply now
             body = m.meta_body(meta)
             body["seq"] = int(body.get("seq", 0)) + 1
+            def fence(body: Doc = body) -> Awaitable[Doc]:
+                return self.c.raw.replace_item(  # type: ignore[no-any-return]
+                    m.META_ID, body, etag=etag, match_condition=MatchConditions.IfNotModified)
+
             try:
-                self._meta = await self.c.call("fence meta", lambda: self.c.raw.replace_item(
-                    m.META_ID, body, etag=etag, match_condition=MatchConditions.IfNotModified),
-                    write=True)
+                self._meta = await self.c.call("fence meta", fence, write=True)
                 return None
             except (OutcomeUnknown, CosmosHttpResponseError):
                 continue  # read again and decide
@@ -441,7 +443,7 @@ class CosmosBackend:
         body = m.next_meta(meta, rev=int(meta["rev"]), compact_rev=None, batch=None, lock=None)
 
         async def gone(cur: Doc) -> bool:
-            return (cur.get("lock") or {}).get("id") != lock["id"]
+            return bool((cur.get("lock") or {}).get("id") != lock["id"])
 
         if await self._meta_batch([], meta, body, gone) is None:
             return

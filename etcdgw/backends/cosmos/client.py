@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 import aiohttp
 from azure.core.exceptions import AzureError, ServiceRequestError
 from azure.cosmos import PartitionKey
-from azure.cosmos.documents import ConnectionPolicy
 from azure.cosmos._retry_options import RetryOptions
 from azure.cosmos.aio import CosmosClient
+from azure.cosmos.documents import ConnectionPolicy
 from azure.cosmos.exceptions import (
     CosmosBatchOperationError,
     CosmosHttpResponseError,
@@ -187,7 +187,7 @@ class Container:
 
     @staticmethod
     def _backoff(attempt: int) -> float:
-        return min(0.05 * 2**attempt, 2.0) * (0.5 + random.random() / 2)
+        return float(min(0.05 * 2.0**attempt, 2.0) * (0.5 + random.random() / 2))
 
     # -- operations -------------------------------------------------------------------------
 

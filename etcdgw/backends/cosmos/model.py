@@ -17,9 +17,10 @@ batch can write any of them atomically. Document types (field ``type``):
     version 0 for a delete (a tombstone) and the lease id as a decimal string.
 ``key`` (id :func:`key_id`)
     One per key with retained history: the key's latest version without the value (``rev``
-    = its mod revision, indexed; ``create``, ``version``, ``lease``; version 0 = deleted). The value is in the rev document
-    of ``mod``. ``key`` is the key in hex (order-preserving; only its first 1000 hex digits
-    for longer keys, with ``long`` set), ``k`` the whole key in base64.
+    = its mod revision, indexed; ``create``, ``version``, ``lease``; version 0 = deleted).
+    The value is in the rev document of ``rev``. ``key`` is the key in hex (order-preserving;
+    only its first 1000 hex digits for longer keys, with ``long`` set), ``k`` the whole key
+    in base64.
 ``lease`` (id ``l`` + lease id)
     ``lease``, ``ttl``, ``revoked`` (a revoke marks the document: LatestVersion change feeds
     never report deletes), ``rev`` (the log revision after the commit that wrote it), ``batch``.
