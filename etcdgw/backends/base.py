@@ -43,7 +43,12 @@ class CommitConflict(BackendError):
 class RequestTooLarge(BackendError):
     """One revision is larger than the backend can write atomically (Cosmos: one transactional
     batch, about 1.2 MB); nothing was applied. The store answers etcd's "request is too large"
-    (errors.REQUEST_TOO_LARGE) for the request that made that revision."""
+    (errors.REQUEST_TOO_LARGE) for the request that made revision ``rev`` and may commit the
+    others of the batch again without it."""
+
+    def __init__(self, message: str, rev: int | None = None) -> None:
+        super().__init__(message)
+        self.rev = rev
 
 
 @dataclass(frozen=True)

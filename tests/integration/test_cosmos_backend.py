@@ -230,8 +230,10 @@ async def test_request_too_large(cosmos_settings: Any) -> None:
     try:
         await a.load()
         h = History()
-        with pytest.raises(RequestTooLarge):
-            await a.commit(1, [h.next([(b"huge", b"x" * 1_000_000, 0)])], None)
+        with pytest.raises(RequestTooLarge) as e:
+            await a.commit(1, [h.next([(b"ok", b"x", 0)]),
+                               h.next([(b"huge", b"x" * 1_000_000, 0)])], None)
+        assert e.value.rev == 3
         assert await a.committed_revision() == 1
     finally:
         await a.close()

@@ -204,7 +204,7 @@ class CosmosBackend:
             if m.op_size(d) + 4096 > self.s.max_batch_bytes:
                 raise RequestTooLarge(
                     f"cosmos: revision {d['rev']} needs {m.op_size(d)} bytes, more than one "
-                    f"transactional batch holds ({self.s.max_batch_bytes})")
+                    f"transactional batch holds ({self.s.max_batch_bytes})", rev=d["rev"])
         key_docs = [m.key_doc(v) for v in m.latest_per_key(revisions).values()]
         lease_docs = [m.lease_doc(i, ttl, new_rev, batch)
                       for i, ttl in m.latest_per_lease(leases).items()]
