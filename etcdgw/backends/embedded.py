@@ -159,7 +159,10 @@ class EmbeddedBackend:
         """Delete one chunk of versions that reads at >= rev cannot see; True if more remain.
 
         Unreachable: a version with a newer version of the same key at or below ``rev``, and
-        a tombstone at or below ``rev`` (the key is absent from every readable revision)."""
+        a tombstone below ``rev`` (the key is absent from every readable revision). A tombstone
+        AT ``rev`` stays until the next compaction: reads do not need it, but the revision log
+        does (a watch from the compact revision replays that revision's deletes, and the
+        replica rebuilt after a restart must hold the same log as the live one)."""
         db = self._conn()
         with db:
             db.execute("BEGIN IMMEDIATE")
@@ -168,7 +171,7 @@ class EmbeddedBackend:
                 DELETE FROM kv WHERE (rev, sub) IN (
                     SELECT rev, sub FROM kv AS old
                     WHERE old.rev <= :c AND (
-                        old.version = 0 OR EXISTS (
+                        (old.version = 0 AND old.rev < :c) OR EXISTS (
                             SELECT 1 FROM kv AS new
                             WHERE new.key = old.key AND new.rev > old.rev AND new.rev <= :c))
                     LIMIT :n)

@@ -118,15 +118,7 @@ async def test_conflict_exactly_one_wins(open_backend: Factory) -> None:
     assert got == dump(reference_replica(winner.revisions))
 
 
-async def test_compaction_keeps_exactly_what_reads_need(
-        open_backend: Factory, request: pytest.FixtureRequest) -> None:
-    if "embedded" in request.node.name:
-        # Found here: EmbeddedBackend._compact_chunk deletes tombstones AT the compaction
-        # revision (``old.rev <= :c AND old.version = 0``), so after a restart the replica's
-        # log entry of revision C lacks its deletes (a watch from C misses them) while the
-        # live replica, which compacted in memory, still has them. Deleting below C only
-        # (``old.rev < :c`` for tombstones) would match Replica.compact.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="embedded drops C's tombstones"))
+async def test_compaction_keeps_exactly_what_reads_need(open_backend: Factory) -> None:
     a = await open_backend()
     await a.load()
     h = History()
