@@ -299,8 +299,9 @@ def no_lease(_lease: int) -> bool:
 
 def test_put_response_with_prev_kv_matches_betterproto2() -> None:
     rep, live = build_replica([(b"k", b"old", 0)])
-    res = evaluate_put(Overlay(rep), pb.PutRequest(key=b"k", value=b"new", prev_kv=True),
-                       no_lease, header_bytes)
+    res = evaluate_put(
+        Overlay(rep), pb.PutRequest(key=b"k", value=b"new", prev_kv=True), no_lease, header_bytes
+    )
     want = pb.PutResponse(header=header_msg(3), prev_kv=kv_msg(live[b"k"]))
     assert res.response == bytes(want)
     res = evaluate_put(Overlay(rep), pb.PutRequest(key=b"n", prev_kv=True), no_lease, header_bytes)
