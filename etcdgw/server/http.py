@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import weakref
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final
@@ -49,6 +50,12 @@ log = logging.getLogger(__name__)
 
 H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_HEAD_BYTES: Final = 64 * 1024
+#: Longest request line accepted (Go's default header limit is 1 MiB; ours is smaller).
+MAX_LINE_BYTES: Final = 8 * 1024
+#: The start of a request line: a method token and a space. Anything else is not HTTP/1.x, and
+#: the connection is answered 400 and closed at once instead of waiting for a header end.
+_REQUEST_START: Final = re.compile(rb"^[A-Z]{1,16}( |$)")
+_REQUEST_LINE: Final = re.compile(r"^[A-Z]{1,16} \S+ HTTP/1\.[01]$")
 #: etcd's request timeout (N02): how long a health Range may take.
 CHECK_TIMEOUT: Final = 7.0
 _TEXT: Final = "text/plain; charset=utf-8"
@@ -247,6 +254,11 @@ class HttpConnection(asyncio.Protocol):
 
     async def _read_head(self) -> bytes | None:
         while True:
+            if self._buf and not _REQUEST_START.match(self._buf[:17]):
+                raise _BadRequest(400)
+            line_end = self._buf.find(b"\r\n")
+            if line_end > MAX_LINE_BYTES or (line_end < 0 and len(self._buf) > MAX_LINE_BYTES):
+                raise _BadRequest(400)
             end = self._buf.find(b"\r\n\r\n")
             if end >= 0:
                 head = bytes(self._buf[:end])
@@ -288,10 +300,9 @@ class HttpConnection(asyncio.Protocol):
         self.busy = True
         try:
             lines = head.decode("latin-1").split("\r\n")
-            try:
-                method, target, version = lines[0].split(" ")
-            except ValueError:
-                raise _BadRequest(400) from None
+            if not _REQUEST_LINE.match(lines[0]):
+                raise _BadRequest(400)
+            method, target, version = lines[0].split(" ")
             headers: dict[str, str] = {}
             for line in lines[1:]:
                 name, sep, value = line.partition(":")

@@ -117,7 +117,8 @@ class Wire:
             header = await self.reader.readexactly(9)
             frame, length = Frame.parse_frame_header(memoryview(header))
             frame.parse_body(memoryview(await self.reader.readexactly(length)))
-        except (asyncio.IncompleteReadError, ConnectionResetError):
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
+            # BrokenPipe: our SETTINGS ack met a connection the server had already closed.
             return None
         if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
             self.server_settings.update(frame.settings)
@@ -241,7 +242,8 @@ async def test_pings_with_an_open_stream_are_acked_never_goaway(
 @pytest.mark.parametrize(
     "garbage",
     [
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"NOT HTTP\r\n\r\n",  # neither the HTTP/2 preface nor an HTTP/1.x request line
+        b"\x16\x03\x01" + os.urandom(200),  # a TLS ClientHello to a plaintext port
         os.urandom(4096),
         PREFACE + b"\x00\x00\x10\x01\x04\x00\x00\x00\x01" + os.urandom(16),  # bad HPACK
     ],
@@ -250,6 +252,21 @@ async def test_garbage_closes_only_that_connection(gateway: Gateway, garbage: by
     wire = await Wire.connect(*gateway.address)
     wire.writer.write(garbage)
     assert await wire.eof()
+    wire.close()
+    await still_serves(gateway)
+
+
+async def test_http1_request_gets_an_http_answer(gateway: Gateway) -> None:
+    # The client port also serves HTTP/1.1, like etcd's (T20): an HTTP request is answered, not
+    # treated as a broken HTTP/2 connection; the connection stays open (keep-alive).
+    wire = await Wire.connect(*gateway.address)
+    wire.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(TIMEOUT):
+        head = await wire.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404 Not Found\r\n")
+        wire.writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await wire.reader.readuntil(b"404 page not found\n")
+        assert (await wire.reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
     wire.close()
     await still_serves(gateway)
 

@@ -286,7 +286,6 @@ async def test_revision_auto_compaction(gateway: Gateway, channel: Channel) -> N
             await compacted.wait()
     finally:
         await compactor.close()
-    assert compactor.compactions == 1
     assert gateway.store.compact_revision == gateway.store.revision - 3
 
 
