@@ -19,7 +19,15 @@ from collections.abc import Callable
 from typing import Any
 
 from etcdgw import errors
-from etcdgw.backends.base import Backend, BackendError, LeaseChange
+from etcdgw.backends.base import (
+    Backend,
+    BackendError,
+    CommitConflict,
+    Committed,
+    LeaseChange,
+    RequestTooLarge,
+    SharedBackend,
+)
 from etcdgw.lease.table import LeaseTable, effective_ttl
 from etcdgw.mvcc.keys import KeyRange
 from etcdgw.mvcc.overlay import Overlay
@@ -34,6 +42,7 @@ from etcdgw.mvcc.txn import (
     evaluate_put,
     evaluate_txn,
     is_read_only,
+    op_kind,
 )
 from etcdgw.wire import f_int, f_msg
 
@@ -41,6 +50,9 @@ __all__ = ["Store"]
 
 log = logging.getLogger(__name__)
 
+# How long a write or a linearizable read waits for this gateway's replica to catch up with
+# the shared log (after a conflict, or for the read barrier) before failing UNAVAILABLE.
+CATCH_UP_TIMEOUT = 7.0
 RAFT_TERM = 1  # there is no raft; a constant term >= 1 never decreases (H03)
 MAX_BATCH = 512  # requests per group commit
 
@@ -119,6 +131,12 @@ class Store:
         self.compaction_listeners: list[Callable[[int], None]] = []
         # Called after each durable group commit: (requests in the batch, seconds it took).
         self.commit_listeners: list[Callable[[int, float], None]] = []
+        # Several gateways on one log (Cosmos): other gateways' commits arrive by the tail.
+        self._shared: SharedBackend | None = (
+            backend if hasattr(backend, "tail") else None  # type: ignore[assignment]
+        )
+        self._follower: asyncio.Task[None] | None = None
+        self._advanced = asyncio.Event()  # set (and replaced) whenever the replica moves on
 
     @classmethod
     async def open(cls, backend: Backend, *, max_txn_ops: int = 128) -> Store:
@@ -139,6 +157,10 @@ class Store:
         store.leases.apply(v for v in replica.range(KeyRange.of(b"\x00", b"\x00"), replica.rev)
                            if v.lease)
         store._pipeline = asyncio.create_task(store._run(), name="etcdgw-commit-pipeline")
+        if store._shared is not None:
+            store._follower = asyncio.create_task(
+                store._follow(store._shared, loaded.rev), name="etcdgw-log-tail"
+            )
         if loaded.compact_rev > 0:
             store._start_physical_compaction(loaded.compact_rev)
         log.info("store loaded: revision %d, compact revision %d, %d keys, %d leases",
@@ -151,7 +173,7 @@ class Store:
             return
         self._closing = True
         await self._queue.join()
-        for task in (self._pipeline, self._compaction):
+        for task in (self._follower, self._pipeline, self._compaction):
             if task is not None:
                 task.cancel()
                 try:
@@ -190,6 +212,8 @@ class Store:
 
     async def range(self, req: Any) -> bytes:
         check_range_request(req)
+        if not req.serializable:
+            await self.read_barrier()
         r = self.replica
         rev = read_revision(req.revision, r.rev, r.compact_rev)
         return execute_range(r, req, rev, self.header(r.rev))
@@ -207,6 +231,8 @@ class Store:
     async def txn(self, req: Any) -> bytes:
         check_txn_request(req, self.max_txn_ops)
         if is_read_only(req):
+            if not _all_serializable(req):
+                await self.read_barrier()
             ov = Overlay(self.replica)
             return evaluate_txn(ov, req, self.lease_exists, self.header).response
         return await self._submit("txn", req)
@@ -257,59 +283,168 @@ class Store:
                     q.task_done()
 
     async def _commit_batch(self, batch: list[_Queued]) -> None:
+        """Evaluate, commit, apply, answer. On a shared log, a conflict (another gateway
+        committed first) means: wait for the tail to bring those revisions in, then evaluate
+        the whole batch again on the new state; errors are only told once the state they were
+        decided on has been committed against, so none is based on a stale replica."""
+        pending = [item for item in batch if not item.fut.done()]
+        while pending:
+            replica = self.replica
+            expected = replica.rev
+            ov = Overlay(replica)
+            lb = _LeaseBatch()
+            done: list[tuple[_Queued, bytes, bool, int]] = []  # item, response, physical, rev
+            failed: list[tuple[_Queued, errors.EtcdError]] = []
+            for item in pending:
+                if item.fut.done():  # the caller went away before evaluation: never applied
+                    continue
+                try:
+                    response, physical = self._evaluate(ov, item, lb)
+                except errors.EtcdError as e:
+                    failed.append((item, e))
+                    continue
+                done.append((item, response, physical, ov.rev))
+
+            compact_rev = ov.compactions[-1] if ov.compactions else None
+            if ov.revisions or compact_rev is not None or lb.changes:
+                commit_started = time.perf_counter()
+                try:
+                    await self._backend.commit(expected, ov.revisions, compact_rev,
+                                               leases=[change for _, change in lb.changes])
+                except CommitConflict:
+                    if not await self._wait_rev(expected + 1):
+                        self._fail(pending, errors.TIMEOUT)
+                        return
+                    continue
+                except RequestTooLarge as e:
+                    # One revision did not fit the backend's largest commit: that request
+                    # fails as too large (X19), the others are evaluated again without it.
+                    too_big = e.rev if e.rev is not None else expected + 1
+                    culprit = [it for it, _, _, rev in done if rev >= too_big][:1]
+                    for item in culprit:
+                        item.fut.set_exception(errors.REQUEST_TOO_LARGE)
+                    pending = [it for it in pending if it not in culprit]
+                    if not culprit:
+                        self._fail(pending, errors.REQUEST_TOO_LARGE)
+                        return
+                    continue
+                except BackendError as e:
+                    log.error("commit of revisions %d..%d failed: %s", expected + 1, ov.rev, e)
+                    self._fail(pending, errors.TIMEOUT)
+                    return
+                for on_commit in self.commit_listeners:
+                    on_commit(len(done), time.perf_counter() - commit_started)
+                self._apply_batch(ov, lb, compact_rev)
+
+            for item, err in failed:
+                if not item.fut.done():
+                    item.fut.set_exception(err)
+            for item, response, physical, _ in done:
+                if physical and self._compaction is not None:
+                    await asyncio.shield(self._compaction)
+                if not item.fut.done():
+                    item.fut.set_result(response)
+            return
+
+    def _apply_batch(self, ov: Overlay, lb: _LeaseBatch, compact_rev: int | None) -> None:
+        """Durable: apply in revision order (lease records in their place between the
+        revisions), then tell listeners (watch)."""
         replica = self.replica
-        ov = Overlay(replica)
-        lb = _LeaseBatch()
-        done: list[tuple[_Queued, bytes, Any]] = []  # (item, response, physical-compact rev)
-        for item in batch:
-            if item.fut.done():  # the caller went away before evaluation: never applied
-                continue
-            try:
-                response, physical = self._evaluate(ov, item, lb)
-            except errors.EtcdError as e:
-                item.fut.set_exception(e)
-                continue
-            done.append((item, response, physical))
+        pending = lb.changes
+        i = 0
+        for rev, changes in ov.revisions:
+            while i < len(pending) and pending[i][0] < rev:
+                self._apply_lease_change(pending[i][1])
+                i += 1
+            replica.apply(rev, changes)
+            self.leases.apply(changes)
+            for listener in self.listeners:
+                listener(rev, changes)
+        for _, change in pending[i:]:
+            self._apply_lease_change(change)
+        if compact_rev is not None:
+            self._apply_compaction(compact_rev)
+            self._start_physical_compaction(compact_rev)
+        self._advance()
 
-        compact_rev = ov.compactions[-1] if ov.compactions else None
-        if ov.revisions or compact_rev is not None or lb.changes:
-            commit_started = time.perf_counter()
-            try:
-                await self._backend.commit(replica.rev, ov.revisions, compact_rev,
-                                           leases=[change for _, change in lb.changes])
-            except BackendError as e:
-                log.error("commit of revisions %d..%d failed: %s", replica.rev + 1, ov.rev, e)
-                for item, _, _ in done:
-                    if not item.fut.done():
-                        item.fut.set_exception(errors.TIMEOUT)
-                return
-            for on_commit in self.commit_listeners:
-                on_commit(len(done), time.perf_counter() - commit_started)
-            # Durable: apply in revision order (lease records in their place between the
-            # revisions), then tell listeners (watch).
-            pending = lb.changes
-            i = 0
-            for rev, changes in ov.revisions:
-                while i < len(pending) and pending[i][0] < rev:
-                    self._apply_lease_change(pending[i][1])
-                    i += 1
-                replica.apply(rev, changes)
-                self.leases.apply(changes)
-                for listener in self.listeners:
-                    listener(rev, changes)
-            for _, change in pending[i:]:
-                self._apply_lease_change(change)
-            if compact_rev is not None:
-                replica.compact(compact_rev)
-                for on_compact in self.compaction_listeners:
-                    on_compact(compact_rev)
-                self._start_physical_compaction(compact_rev)
+    def _apply_compaction(self, compact_rev: int) -> None:
+        self.replica.compact(compact_rev)
+        for on_compact in self.compaction_listeners:
+            on_compact(compact_rev)
 
-        for item, response, physical in done:
-            if physical and self._compaction is not None:
-                await asyncio.shield(self._compaction)
+    @staticmethod
+    def _fail(items: list[_Queued], err: errors.EtcdError) -> None:
+        for item in items:
             if not item.fut.done():
-                item.fut.set_result(response)
+                item.fut.set_exception(err)
+
+    # -- several gateways on one log -------------------------------------------------------
+
+    async def read_barrier(self) -> None:
+        """Linearizable reads (rule 2): learn the log's committed revision and wait until the
+        replica has applied it. Free on a private log (this gateway is its only writer)."""
+        if self._shared is None:
+            return
+        try:
+            target = await self._shared.committed_revision()
+        except BackendError as e:
+            log.warning("read barrier failed: %s", e)
+            raise errors.TIMEOUT from None
+        if not await self._wait_rev(target):
+            raise errors.TIMEOUT
+
+    async def _wait_rev(self, target: int) -> bool:
+        """Wait until the replica reaches ``target``; False after CATCH_UP_TIMEOUT."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CATCH_UP_TIMEOUT
+        while self.replica.rev < target:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._advanced.wait(), left)
+            except TimeoutError:
+                return False
+        return True
+
+    def _advance(self) -> None:
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+    async def _follow(self, backend: SharedBackend, after: int) -> None:
+        """The one tail reader of this gateway (rule 4): every commit, ours included, in log
+        order. Ours were applied when they committed, so their revisions are skipped here."""
+        async for entry in backend.tail(after):
+            try:
+                self._apply_entry(entry)
+            except Exception:
+                log.exception("applying revision %d from the log failed", entry.rev)
+                raise
+
+    def _apply_entry(self, entry: Committed) -> None:
+        replica = self.replica
+        now = self.clock()
+        # Grants first: a revision of the same commit may attach keys to them. Applying a
+        # lease change twice (our own commit, seen again in the tail) is harmless: a grant
+        # again only refreshes the deadline (never earlier), a revoke again finds nothing.
+        for lease_id, ttl in entry.leases:
+            if ttl is not None and lease_id not in self.leases:
+                self.leases.grant(lease_id, ttl, now)
+        for rev, changes in entry.revisions:
+            if rev <= replica.rev:
+                continue
+            if rev != replica.rev + 1:
+                raise RuntimeError(f"the log skipped from {replica.rev} to {rev}")
+            replica.apply(rev, changes)
+            self.leases.apply(changes)
+            for listener in self.listeners:
+                listener(rev, changes)
+        for lease_id, ttl in entry.leases:
+            if ttl is None:
+                self.leases.revoke(lease_id)
+        if entry.compact_rev is not None and entry.compact_rev > replica.compact_rev:
+            self._apply_compaction(entry.compact_rev)
+        self._advance()
 
     def _apply_lease_change(self, change: LeaseChange) -> None:
         lease_id, ttl = change
@@ -396,3 +531,15 @@ class Store:
                 log.warning("physical compaction at %d stopped: %s", rev, e)
 
         self._compaction = asyncio.create_task(run(), name=f"etcdgw-compact-{rev}")
+
+
+def _all_serializable(req: Any) -> bool:
+    """A read-only txn is served without the read barrier only if every Range in it (both
+    branches, nested txns) asks for a serializable read (X18)."""
+    for op in (*req.success, *req.failure):
+        kind, r = op_kind(op)
+        if kind == "request_range" and not r.serializable:
+            return False
+        if kind == "request_txn" and not _all_serializable(r):
+            return False
+    return True

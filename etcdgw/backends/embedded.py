@@ -158,8 +158,9 @@ class EmbeddedBackend:
     def _compact_chunk(self, rev: int) -> bool:
         """Delete one chunk of versions that reads at >= rev cannot see; True if more remain.
 
-        Unreachable: a version with a newer version of the same key at or below ``rev``, and
-        a tombstone below ``rev`` (the key is absent from every readable revision). A tombstone
+        Unreachable: a version with a newer version of the same key at or below ``rev`` (newer:
+        a later revision, or later in the same revision: a txn may put a key, then delete it),
+        and a tombstone below ``rev`` (the key is absent from every readable revision). A tombstone
         AT ``rev`` stays until the next compaction: reads do not need it, but the revision log
         does (a watch from the compact revision replays that revision's deletes, and the
         replica rebuilt after a restart must hold the same log as the live one)."""
@@ -173,7 +174,8 @@ class EmbeddedBackend:
                     WHERE old.rev <= :c AND (
                         (old.version = 0 AND old.rev < :c) OR EXISTS (
                             SELECT 1 FROM kv AS new
-                            WHERE new.key = old.key AND new.rev > old.rev AND new.rev <= :c))
+                            WHERE new.key = old.key AND new.rev <= :c
+                              AND (new.rev > old.rev OR (new.rev = old.rev AND new.sub > old.sub))))
                     LIMIT :n)
                 """,
                 {"c": rev, "n": COMPACT_CHUNK},
