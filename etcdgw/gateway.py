@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
@@ -38,6 +39,11 @@ from etcdgw.watch.hub import WatchHub
 __all__ = ["DEFAULT_GRACE", "Gateway"]
 
 log = logging.getLogger(__name__)
+
+#: On a shared log, each gateway writes its member document this often; one silent for
+#: MEMBER_LIVENESS seconds drops out of MemberList (a crashed gateway does not linger).
+HEARTBEAT_INTERVAL = 5.0
+MEMBER_LIVENESS = 20.0
 
 #: How long close() lets unary calls in flight finish: etcd's request timeout (N02).
 DEFAULT_GRACE: Final = 7.0
@@ -69,6 +75,7 @@ class Gateway:
         self._started = False
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._heartbeat: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -80,8 +87,14 @@ class Gateway:
         config = self.config
         try:
             ssl_context = self._ssl_context()
-            self._backend = await open_backend(config.backend, config.data_dir)
-            self._store = await Store.open(self._backend, max_txn_ops=config.max_txn_ops)
+            self._backend = await open_backend(
+                config.backend,
+                config.data_dir,
+                cosmos=config.cosmos_settings if config.backend == "cosmos" else None,
+            )
+            self._store = await Store.open(
+                self._backend, max_txn_ops=config.max_txn_ops, member_name=config.name
+            )
             self._boundary = Boundary(
                 codec=EtcdCodec(),
                 max_request_bytes=config.max_request_bytes,
@@ -109,6 +122,7 @@ class Gateway:
                 self._leases,
                 alarms=self._alarms,
                 backend=self._backend,
+                peers=self._peers if hasattr(self._backend, "members") else None,
             )
             self._http = HttpApi(self._store, self._alarms, self.metrics)
             self._register_gauges()
@@ -123,6 +137,11 @@ class Gateway:
                 self._compactor = AutoCompactor(self._store, mode, retention)
                 self._compactor.start()
             self._leases.start()
+            if hasattr(self._backend, "heartbeat"):
+                await self._heartbeat_once()
+                self._heartbeat = asyncio.create_task(
+                    self._heartbeats(), name="etcdgw-member-heartbeat"
+                )
         except BaseException:
             await self._shutdown(grace=0)
             raise
@@ -241,6 +260,35 @@ class Gateway:
             raise RuntimeError("Gateway not started")
         return self._listeners[0]
 
+    # -- membership on a shared log (each gateway a member; MemberList shows the live ones) --
+
+    async def _heartbeat_once(self) -> None:
+        backend: Any = self._backend
+        await backend.heartbeat(self.store.member_id, self.config.name, self.client_urls)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self._heartbeat_once()
+            except Exception as e:  # the log is unreachable: MemberList shows us anyway
+                log.warning("member heartbeat failed: %s", e)
+
+    async def _peers(self) -> list[tuple[int, str, list[str]]]:
+        """Gateways on the same log that sent a heartbeat lately, by member id."""
+        backend: Any = self._backend
+        try:
+            docs = await backend.members()
+        except Exception as e:
+            log.warning("reading members failed: %s", e)
+            return []
+        live_after = time.time() - MEMBER_LIVENESS
+        return sorted(
+            (int(d["member_id"]), str(d["name"]), list(d["client_urls"]))
+            for d in docs
+            if float(d.get("heartbeat", 0)) >= live_after
+        )
+
     def _client_urls(self) -> tuple[str, ...]:
         urls = []
         for endpoint in self.config.advertise_endpoints:
@@ -292,6 +340,8 @@ class Gateway:
     async def _shutdown(self, grace: float) -> None:
         servers = [listener.server for listener in self._listeners]
         try:
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
             if self._compactor is not None:
                 await self._compactor.close()
             for metrics_listener in self._metrics_listeners:

@@ -12,6 +12,8 @@ writer the read barrier is free).
 from __future__ import annotations
 
 import asyncio
+import collections
+import hashlib
 import logging
 import secrets
 import time
@@ -136,10 +138,18 @@ class Store:
             backend if hasattr(backend, "tail") else None  # type: ignore[assignment]
         )
         self._follower: asyncio.Task[None] | None = None
+        # Our own lease changes, applied when they committed, that the tail will bring back:
+        # skipped once each there (a lease-only commit has no revision to skip it by).
+        self._echo: collections.Counter[LeaseChange] = collections.Counter()
         self._advanced = asyncio.Event()  # set (and replaced) whenever the replica moves on
 
     @classmethod
-    async def open(cls, backend: Backend, *, max_txn_ops: int = 128) -> Store:
+    async def open(cls, backend: Backend, *, max_txn_ops: int = 128,
+                   member_name: str | None = None) -> Store:
+        """Load ``backend`` into a replica and start the pipeline. On a shared log every
+        gateway is a member of its own: its id derives from the cluster id and its
+        ``member_name`` (unique per gateway, like etcd's --name), so it is stable across
+        restarts and needs no local state (G05)."""
         loaded = await backend.load()
         replica = Replica()
         for rev, changes in loaded.revisions:
@@ -147,7 +157,10 @@ class Store:
         replica.set_revision(loaded.rev, loaded.compact_rev)
         if loaded.compact_rev > 0:
             replica.compact(loaded.compact_rev)
-        store = cls(backend, replica, loaded.cluster_id, loaded.member_id, max_txn_ops)
+        member_id = loaded.member_id
+        if hasattr(backend, "tail") and member_name:
+            member_id = shared_member_id(loaded.cluster_id, member_name)
+        store = cls(backend, replica, loaded.cluster_id, member_id, max_txn_ops)
         # A restart cannot know how much of a lease's TTL was left (keepalives are not written
         # to disk), so every lease gets its full TTL again from now: never expired early (L15),
         # at worst one TTL late (L16 allows late expiry).
@@ -334,6 +347,8 @@ class Store:
                     return
                 for on_commit in self.commit_listeners:
                     on_commit(len(done), time.perf_counter() - commit_started)
+                if self._shared is not None:
+                    self._echo.update(change for _, change in lb.changes)
                 self._apply_batch(ov, lb, compact_rev)
 
             for item, err in failed:
@@ -424,10 +439,14 @@ class Store:
     def _apply_entry(self, entry: Committed) -> None:
         replica = self.replica
         now = self.clock()
-        # Grants first: a revision of the same commit may attach keys to them. Applying a
-        # lease change twice (our own commit, seen again in the tail) is harmless: a grant
-        # again only refreshes the deadline (never earlier), a revoke again finds nothing.
-        for lease_id, ttl in entry.leases:
+        theirs = []
+        for change in entry.leases:
+            if self._echo[change] > 0:  # ours, applied at commit time
+                self._echo[change] -= 1
+            else:
+                theirs.append(change)
+        # Grants first: a revision of the same commit may attach keys to them.
+        for lease_id, ttl in theirs:
             if ttl is not None and lease_id not in self.leases:
                 self.leases.grant(lease_id, ttl, now)
         for rev, changes in entry.revisions:
@@ -439,7 +458,7 @@ class Store:
             self.leases.apply(changes)
             for listener in self.listeners:
                 listener(rev, changes)
-        for lease_id, ttl in entry.leases:
+        for lease_id, ttl in theirs:
             if ttl is None:
                 self.leases.revoke(lease_id)
         if entry.compact_rev is not None and entry.compact_rev > replica.compact_rev:
@@ -531,6 +550,12 @@ class Store:
                 log.warning("physical compaction at %d stopped: %s", rev, e)
 
         self._compaction = asyncio.create_task(run(), name=f"etcdgw-compact-{rev}")
+
+
+def shared_member_id(cluster_id: int, name: str) -> int:
+    """A non-zero positive int64 member id for gateway ``name`` of cluster ``cluster_id``."""
+    digest = hashlib.sha256(b"%d/" % cluster_id + name.encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1) or 1
 
 
 def _all_serializable(req: Any) -> bool:

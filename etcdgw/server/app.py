@@ -26,7 +26,7 @@ import asyncio
 import logging
 import ssl
 import weakref
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Final, cast
 
 import grpclib.server
@@ -72,6 +72,7 @@ def build_services(
     *,
     alarms: Alarms | None = None,
     backend: Any = None,
+    peers: Callable[[], Awaitable[list[tuple[int, str, list[str]]]]] | None = None,
 ) -> list[Any]:
     """Servables for the six etcd services and grpc.health.v1, covering every declared path.
 
@@ -84,7 +85,7 @@ def build_services(
         KV(store, boundary, alarms),
         Watch(hub, boundary),
         *([Lease(store, leases, boundary, alarms)] if leases is not None else []),
-        Cluster(store, boundary, name=config.name, client_urls=client_urls),
+        Cluster(store, boundary, name=config.name, client_urls=client_urls, peers=peers),
         Maintenance(store, boundary, db_size=db_size, alarms=alarms, backend=backend),
         Health(boundary),
     ]

@@ -17,7 +17,7 @@ error an operator can act on, printed by etcdctl as ``Error: <message>``:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -49,10 +49,13 @@ class Cluster:
         *,
         name: str,
         client_urls: Callable[[], tuple[str, ...]],
+        peers: Callable[[], Awaitable[list[tuple[int, str, list[str]]]]] | None = None,
     ) -> None:
         self._store = store
         self._boundary = boundary
         self._name = name
+        # On a shared log: the other live gateways, (member id, name, client URLs).
+        self._peers = peers
         # A callable: the gateway learns its bound ports only after the handlers exist.
         self._client_urls = client_urls
 
@@ -82,12 +85,19 @@ class Cluster:
             member_id=self._store.member_id,
             raft_term=RAFT_TERM,
         )
-        return etcdserverpb.MemberListResponse(header=header, members=[self.member()])
+        members = [self.member()]
+        if self._peers is not None:
+            for member_id, name, urls in await self._peers():
+                if member_id != self._store.member_id:
+                    members.append(etcdserverpb.Member(
+                        id=member_id, name=name, peer_ur_ls=[PEER_URL], client_ur_ls=urls,
+                        is_learner=False))
+        return etcdserverpb.MemberListResponse(header=header, members=members)
 
     # -- membership changes: refused (see the module docstring) ----------------------------
 
     def _check_known(self, member_id: int) -> None:
-        if member_id != self._store.member_id:
+        if member_id != self._store.member_id:  # peers cannot be changed from here either
             raise errors.MEMBER_NOT_FOUND
 
     async def member_add(self, request: Any) -> Any:
