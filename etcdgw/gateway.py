@@ -111,7 +111,10 @@ class Gateway:
             )
             self._store.listeners.append(self._hub.on_apply)
             self._store.compaction_listeners.append(self._hub.on_compact)
-            self._leases = LeaseManager(self._store)
+            shared_leases: Any = (
+                self._backend if hasattr(self._backend, "claim_lease_owner") else None
+            )
+            self._leases = LeaseManager(self._store, shared=shared_leases)
             services = build_services(
                 self._store,
                 self._boundary,

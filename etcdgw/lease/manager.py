@@ -14,14 +14,28 @@ applied revision (attachments) and every durable grant/revoke. What is left here
 Restarts: lease records are durable, deadlines are not. A restarted gateway gives every lease its
 full TTL again from the moment it loads (see Store.open), so no lease expires earlier than TTL
 after its last grant or keepalive (L15), at the price of expiring up to one TTL late.
+
+Several gateways on one shared log (``shared``, the Cosmos backend) add two rules, because a
+keepalive may reach any gateway and a gateway may die:
+
+- one gateway at a time expires leases: the *owner*, holding a claim it renews every
+  OWNER_RENEW seconds for OWNER_TTL seconds. A new owner first gives every lease its full TTL
+  from now (it cannot know what keepalives its predecessor answered), so takeover never
+  expires early;
+- a keepalive is answered only once durable: each gateway writes the time of its latest
+  keepalive per lease in one document, one write per RENEW_FLUSH window for all keepalives of
+  that window (not one per keepalive). Before expiring a lease the owner reads every gateway's
+  renewals and extends the lease instead if one is recent (with SKEW for clock differences).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from etcdgw import errors
 from etcdgw.store import Store
@@ -34,6 +48,24 @@ log = logging.getLogger(__name__)
 CHECK_INTERVAL: Final = 0.5
 #: Expired leases revoked per second at most (etcd's leaseRevokeRate).
 REVOKE_RATE: Final = 1000
+#: Shared logs: how long an owner claim lasts, how often it is renewed (or sought).
+OWNER_TTL: Final = 10.0
+OWNER_RENEW: Final = 2.0
+#: Shared logs: keepalives are made durable together, once per this window.
+RENEW_FLUSH: Final = 0.05
+#: Shared logs: allowance for wall clocks that differ between gateways (etcd extends leases
+#: by one election timeout on a leader change for the same reason).
+SKEW: Final = 1.0
+
+
+class SharedLeases(Protocol):
+    """What a shared log offers for leases across gateways (CosmosBackend)."""
+
+    async def claim_lease_owner(self, member_id: int, ttl: float) -> bool: ...
+
+    async def save_renewals(self, member_id: int, renewals: dict[int, float]) -> None: ...
+
+    async def load_renewals(self) -> dict[int, float]: ...
 
 
 @dataclass(frozen=True)
@@ -48,26 +80,41 @@ class TimeToLive:
 
 class LeaseManager:
     def __init__(self, store: Store, *, check_interval: float = CHECK_INTERVAL,
-                 revoke_rate: int = REVOKE_RATE) -> None:
+                 revoke_rate: int = REVOKE_RATE, shared: SharedLeases | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
         self._store = store
         self._interval = check_interval
         self._per_tick = max(1, int(revoke_rate * check_interval))
         self._expiring: set[int] = set()  # expiry revokes in the pipeline
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._shared = shared
+        self._wall = wall
+        self.owner = shared is None  # a private log's only gateway always expires
+        self._renewed: dict[int, float] = {}  # this gateway's latest keepalive per lease
+        self._dirty = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._expiry_loop(), name="etcdgw-lease-expiry")
+        if self._tasks:
+            return
+        self._tasks.append(asyncio.create_task(self._expiry_loop(), name="etcdgw-lease-expiry"))
+        if self._shared is not None:
+            self._tasks.append(asyncio.create_task(self._own(), name="etcdgw-lease-owner"))
+            self._tasks.append(asyncio.create_task(self._flush(), name="etcdgw-lease-renewals"))
 
     async def close(self) -> None:
         """Stop expiring (before the store closes; queued revokes still finish there)."""
-        task, self._task = self._task, None
-        if task is not None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             try:
                 await task
             except asyncio.CancelledError:
                 pass
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(errors.SERVER_STOPPED)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -77,10 +124,19 @@ class LeaseManager:
     async def revoke(self, lease_id: int) -> bytes:
         return await self._store.lease_revoke(lease_id)
 
-    def keepalive(self, lease_id: int) -> int:
-        """The granted TTL with the deadline reset, or 0 if the lease is unknown or expired."""
+    async def keepalive(self, lease_id: int) -> int:
+        """The granted TTL with the deadline reset, or 0 if the lease is unknown or expired.
+        On a shared log it returns once the renewal is durable for whichever gateway owns
+        expiry."""
         store = self._store
-        return store.leases.renew(lease_id, store.clock())
+        ttl = store.leases.renew(lease_id, store.clock())
+        if ttl > 0 and self._shared is not None:
+            self._renewed[lease_id] = self._wall()
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            self._dirty.set()
+            await fut
+        return ttl
 
     def time_to_live(self, lease_id: int, keys: bool) -> TimeToLive:
         store = self._store
@@ -97,6 +153,66 @@ class LeaseManager:
 
     # -- expiry --------------------------------------------------------------------------------
 
+    # -- several gateways -------------------------------------------------------------------
+
+    async def _own(self) -> None:
+        assert self._shared is not None
+        member_id = self._store.member_id
+        while True:
+            try:
+                owner = await self._shared.claim_lease_owner(member_id, OWNER_TTL)
+            except Exception as e:  # unreachable log: stop expiring until it answers again
+                log.warning("lease owner claim failed: %s", e)
+                owner = False
+            if owner and not self.owner:
+                store = self._store
+                store.leases.extend_all(store.clock())
+                log.info("this gateway now expires leases (%d leases given their full TTL)",
+                         len(store.leases))
+            elif self.owner and not owner:
+                log.info("another gateway now expires leases")
+            self.owner = owner
+            await asyncio.sleep(OWNER_RENEW)
+
+    async def _flush(self) -> None:
+        """Make the keepalives answered since the last flush durable, in one write."""
+        assert self._shared is not None
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(RENEW_FLUSH)  # gather the window's keepalives
+            self._dirty.clear()
+            waiters, self._waiters = self._waiters, []
+            live = self._store.leases
+            self._renewed = {i: at for i, at in self._renewed.items() if i in live}
+            try:
+                await self._shared.save_renewals(self._store.member_id, dict(self._renewed))
+            except Exception as e:
+                log.warning("saving lease renewals failed: %s", e)
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(errors.TIMEOUT)
+                continue
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _still_expired(self, ids: list[int]) -> list[int]:
+        """Of leases expired here, those no gateway renewed lately; the others get their
+        deadline moved to what the latest renewal gives."""
+        if self._shared is None or not ids:
+            return ids
+        renewals = await self._shared.load_renewals()
+        store, now_wall = self._store, self._wall()
+        out = []
+        for lease_id in ids:
+            lease = store.leases.get(lease_id)
+            at = renewals.get(lease_id)
+            if lease is not None and at is not None and at + lease.ttl + SKEW > now_wall:
+                store.leases.extend(lease_id, store.clock() + (at + lease.ttl + SKEW - now_wall))
+            else:
+                out.append(lease_id)
+        return out
+
     async def _expiry_loop(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
@@ -110,9 +226,12 @@ class LeaseManager:
     async def expire_once(self) -> int:
         """Revoke (through the pipeline) up to one tick's share of the expired leases; the
         number revoked. The revokes are submitted together, so they share one group commit."""
+        if not self.owner:
+            return 0
         store = self._store
         ids = [i for i in store.leases.expired(store.clock(), self._per_tick + len(self._expiring))
                if i not in self._expiring][: self._per_tick]
+        ids = await self._still_expired(ids)
         if not ids:
             return 0
         self._expiring.update(ids)

@@ -104,6 +104,20 @@ class LeaseTable:
         self._push(lease)
         return lease.ttl
 
+    def extend(self, lease_id: int, deadline: float) -> None:
+        """Move a lease's deadline to ``deadline`` if that is later (never earlier): a renewal
+        another gateway made durable, or a new expiry owner taking over (L15)."""
+        lease = self._leases.get(lease_id)
+        if lease is not None and deadline > lease.deadline:
+            lease.deadline = deadline
+            self._push(lease)
+
+    def extend_all(self, now: float) -> None:
+        """Every lease gets its full TTL from ``now`` (at least): what a new expiry owner
+        does first, since it cannot know the keepalives its predecessor saw."""
+        for lease in self._leases.values():
+            self.extend(lease.id, now + lease.ttl)
+
     def remaining(self, lease_id: int, now: float) -> int:
         """TimeToLive's TTL (L12): whole seconds left, truncated; -1 if unknown or expired."""
         lease = self._leases.get(lease_id)

@@ -74,7 +74,7 @@ class Lease:
             request = await call.recv()
             if request is None:
                 return  # half-closed: everything sent was answered (L10)
-            ttl = self._leases.keepalive(request.id)
+            ttl = await self._leases.keepalive(request.id)
             await call.send(Preencoded(self._header() + f_int(2, request.id) + f_int(3, ttl)))
 
     async def time_to_live(self, request: Any) -> Preencoded:

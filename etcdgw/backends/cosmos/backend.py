@@ -60,6 +60,7 @@ from etcdgw.backends.base import (
     RequestTooLarge,
     Revision,
 )
+from etcdgw.backends.cosmos import leases as lease_docs
 from etcdgw.backends.cosmos import model as m
 from etcdgw.backends.cosmos.client import Container, OutcomeUnknown
 from etcdgw.backends.cosmos.settings import CosmosSettings
@@ -519,6 +520,20 @@ class CosmosBackend:
     async def members(self) -> list[Doc]:
         await self._open()
         return await self.c.query("SELECT * FROM c WHERE c.pk = @pk AND c.type = 'member'")
+
+    # -- leases across gateways (etcdgw.lease.manager's SharedLeases) -----------------------
+
+    async def claim_lease_owner(self, member_id: int, ttl: float) -> bool:
+        await self._open()
+        return await lease_docs.claim_owner(self.c, member_id, ttl)
+
+    async def save_renewals(self, member_id: int, renewals: dict[int, float]) -> None:
+        await self._open()
+        await lease_docs.save_renewals(self.c, member_id, renewals)
+
+    async def load_renewals(self) -> dict[int, float]:
+        await self._open()
+        return await lease_docs.load_renewals(self.c)
 
     # -- size and close --------------------------------------------------------------------
 
