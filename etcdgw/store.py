@@ -235,6 +235,8 @@ class Store:
 
     async def put(self, req: Any) -> bytes:
         check_put_request(req)
+        if req.lease:
+            await self.ensure_lease(req.lease)
         return await self._submit("put", req)
 
     async def delete_range(self, req: Any) -> bytes:
@@ -243,6 +245,8 @@ class Store:
 
     async def txn(self, req: Any) -> bytes:
         check_txn_request(req, self.max_txn_ops)
+        for lease_id in _txn_leases(req):
+            await self.ensure_lease(lease_id)
         if is_read_only(req):
             if not _all_serializable(req):
                 await self.read_barrier()
@@ -262,6 +266,7 @@ class Store:
 
     async def lease_revoke(self, lease_id: int) -> bytes:
         """LeaseRevokeResponse: the lease and, in one revision, its keys are gone (L07)."""
+        await self.ensure_lease(lease_id)
         return await self._submit("lease_revoke", lease_id)
 
     async def lease_expire(self, lease_id: int) -> bytes:
@@ -407,6 +412,23 @@ class Store:
             raise errors.TIMEOUT from None
         if not await self._wait_rev(target):
             raise errors.TIMEOUT
+
+    async def ensure_lease(self, lease_id: int) -> None:
+        """On a shared log, a lease granted through another gateway may not have come in by
+        the tail yet when a client uses it here (grant there, put here): look it up in the
+        log before deciding it does not exist. Its deadline starts from now (never early)."""
+        if self._shared is None or lease_id in self.leases:
+            return
+        lookup = getattr(self._shared, "lease_record", None)
+        if lookup is None:
+            return
+        try:
+            ttl = await lookup(lease_id)
+        except BackendError as e:
+            log.warning("lease lookup failed: %s", e)
+            raise errors.TIMEOUT from None
+        if ttl is not None and lease_id not in self.leases:
+            self.leases.grant(lease_id, ttl, self.clock())
 
     async def _wait_rev(self, target: int) -> bool:
         """Wait until the replica reaches ``target``; False after CATCH_UP_TIMEOUT."""
@@ -556,6 +578,18 @@ def shared_member_id(cluster_id: int, name: str) -> int:
     """A non-zero positive int64 member id for gateway ``name`` of cluster ``cluster_id``."""
     digest = hashlib.sha256(b"%d/" % cluster_id + name.encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1) or 1
+
+
+def _txn_leases(req: Any) -> set[int]:
+    """Every lease a txn's puts name, on both branches and in nested txns."""
+    found: set[int] = set()
+    for op in (*req.success, *req.failure):
+        kind, r = op_kind(op)
+        if kind == "request_put" and r.lease:
+            found.add(r.lease)
+        elif kind == "request_txn":
+            found |= _txn_leases(r)
+    return found
 
 
 def _all_serializable(req: Any) -> bool:

@@ -129,6 +129,7 @@ class LeaseManager:
         On a shared log it returns once the renewal is durable for whichever gateway owns
         expiry."""
         store = self._store
+        await store.ensure_lease(lease_id)
         ttl = store.leases.renew(lease_id, store.clock())
         if ttl > 0 and self._shared is not None:
             self._renewed[lease_id] = self._wall()
@@ -138,8 +139,9 @@ class LeaseManager:
             await fut
         return ttl
 
-    def time_to_live(self, lease_id: int, keys: bool) -> TimeToLive:
+    async def time_to_live(self, lease_id: int, keys: bool) -> TimeToLive:
         store = self._store
+        await store.ensure_lease(lease_id)
         table = store.leases
         ttl = table.remaining(lease_id, store.clock())
         lease = table.get(lease_id)

@@ -78,7 +78,7 @@ class Lease:
             await call.send(Preencoded(self._header() + f_int(2, request.id) + f_int(3, ttl)))
 
     async def time_to_live(self, request: Any) -> Preencoded:
-        t = self._leases.time_to_live(request.id, request.keys)
+        t = await self._leases.time_to_live(request.id, request.keys)
         body = self._header() + f_int(2, t.lease_id) + f_int(3, t.ttl) + f_int(4, t.granted_ttl)
         body += b"".join(f_bytes(5, key) for key in t.keys)
         return Preencoded(body)

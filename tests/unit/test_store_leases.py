@@ -187,7 +187,7 @@ async def test_expiry_through_the_manager(store: Store, clock: Clock) -> None:
     assert await manager.expire_once() == 0  # never early
     clock.now = 1002.0
     assert await manager.keepalive(1) == 0  # expired: not revived
-    assert manager.time_to_live(1, keys=True).ttl == -1
+    assert (await manager.time_to_live(1, keys=True)).ttl == -1
     assert await manager.expire_once() == 2  # the rate limit: 1 and 3 (deadline, then id)
     assert sorted(lease.id for lease in store.leases) == [2, 4, 5]
     assert store.revision == rev + 2  # one revision per lease with keys
@@ -196,7 +196,7 @@ async def test_expiry_through_the_manager(store: Store, clock: Clock) -> None:
     assert await manager.expire_once() == 2  # 5, then 2
     assert await manager.expire_once() == 0
     assert [lease.id for lease in store.leases] == [4]
-    assert manager.time_to_live(4, keys=True).keys == (b"k4",)
+    assert (await manager.time_to_live(4, keys=True)).keys == (b"k4",)
     assert manager.leases() == [4]
 
 

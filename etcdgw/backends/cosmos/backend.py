@@ -531,6 +531,13 @@ class CosmosBackend:
         await self._open()
         await lease_docs.save_renewals(self.c, member_id, renewals)
 
+    async def lease_record(self, lease_id: int) -> int | None:
+        """The committed TTL of a lease, None if it was never granted or is revoked: for a
+        gateway asked about a lease its tail has not brought in yet."""
+        await self._open()
+        doc = await self.c.read(m.lease_id_doc(lease_id))
+        return None if doc is None else m.decode_lease(doc)[1]
+
     async def load_renewals(self) -> dict[int, float]:
         await self._open()
         return await lease_docs.load_renewals(self.c)
