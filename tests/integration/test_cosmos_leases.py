@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,10 +81,10 @@ async def _keep_alive_for(client: Client, lease_id: int, seconds: float) -> None
         await asyncio.sleep(TTL / 3)  # the Go client's cadence: next keepalive at TTL/3
 
 
-async def _until(predicate: object, timeout: float) -> float:
+async def _until(predicate: Callable[[], Awaitable[bool]], within: float) -> float:
     start = time.monotonic()
-    while not await predicate():  # type: ignore[operator]
-        assert time.monotonic() - start < timeout, "condition not reached in time"
+    while not await predicate():
+        assert time.monotonic() - start < within, "condition not reached in time"
         await asyncio.sleep(0.1)
     return time.monotonic() - start
 
@@ -105,12 +105,12 @@ async def test_keepalives_anywhere_keep_a_lease_then_expiry_deletes_once(
     for c in clients:
         assert await c.count(b"/l/a/") == 3
     stopped = time.monotonic()
-    waited = await _until(lambda: _gone(clients[0], b"/l/a/"), timeout=TTL + 15)
+    waited = await _until(lambda: _gone(clients[0], b"/l/a/"), within=TTL + 15)
     assert time.monotonic() - stopped >= TTL - 0.5, "expired before its TTL"
     assert waited < TTL + 15
     # One revision, three DELETEs, seen identically through every gateway.
     for c in clients:
-        await _until(lambda c=c: _gone(c, b"/l/a/"), timeout=10)
+        await _until(lambda c=c: _gone(c, b"/l/a/"), within=10)
         hist = await c.kv.range(pb.RangeRequest(key=b"/l/a/", range_end=b"/l/a0", revision=0))
         assert hist.count == 0
     ttl = await clients[1].lease.lease_time_to_live(pb.LeaseTimeToLiveRequest(id=lease_id))
@@ -130,4 +130,4 @@ async def test_killing_a_gateway_expires_nothing_early(gateways: list[Server],
     # Through the takeover (an owner claim lasts 10 s), keep the lease alive via gateway 2.
     await _keep_alive_for(clients[1], lease_id, 14)
     assert await clients[2].count(b"/l/b/") == 3
-    await _until(lambda: _gone(clients[2], b"/l/b/"), timeout=TTL + 20)
+    await _until(lambda: _gone(clients[2], b"/l/b/"), within=TTL + 20)
