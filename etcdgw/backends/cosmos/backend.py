@@ -94,6 +94,11 @@ class CosmosBackend:
         self._tail_started = False
         self._compact_lock = asyncio.Lock()
         self._bytes = 0
+        # commit() calls started and returned: the tail yields nothing of a commit of ours
+        # before that commit has returned (see own_commits_returned).
+        self._commits_started = 0
+        self._commits_returned = 0
+        self._commit_returned = asyncio.Event()
 
     def __repr__(self) -> str:
         return (f"CosmosBackend(endpoint={self.s.endpoint!r}, database={self.s.database!r}, "
@@ -194,6 +199,28 @@ class CosmosBackend:
         compact_rev: int | None,
         leases: Sequence[LeaseChange] = (),
     ) -> None:
+        self._commits_started += 1
+        try:
+            await self._commit(expected_rev, revisions, compact_rev, leases)
+        finally:
+            self._commits_returned += 1
+            self._commit_returned.set()
+            self._commit_returned = asyncio.Event()
+
+    async def own_commits_returned(self) -> None:
+        """Wait until every commit() of this backend started so far has returned.
+
+        The tail calls it before yielding what it read: the store applies its own commits
+        when commit() returns and skips them in the tail, so the tail must never bring in a
+        commit of ours first (with a split commit, steps 3-4 leave plenty of time for that).
+        Commits started later are not waited for: what the tail read before cannot hold them.
+        """
+        target = self._commits_started
+        while self._commits_returned < target:
+            await self._commit_returned.wait()
+
+    async def _commit(self, expected_rev: int, revisions: list[Revision],
+                      compact_rev: int | None, leases: Sequence[LeaseChange]) -> None:
         await self._open()
         for i, (rev, _) in enumerate(revisions):
             if rev != expected_rev + 1 + i:

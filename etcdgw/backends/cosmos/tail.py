@@ -153,7 +153,10 @@ async def follow(b: CosmosBackend, after_rev: int, token: str | None,
         st.see(d)
     misses = 0
     while True:
-        for entry in st.ready():
+        entries = st.ready()
+        if entries:
+            await b.own_commits_returned()  # the store applies those first (see there)
+        for entry in entries:
             yield entry
         docs, new_token = await _read_feed(b, continuation=token)
         token = new_token or token
