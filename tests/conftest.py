@@ -46,6 +46,12 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 from support.certs import TlsFiles, make_tls_files  # noqa: E402
+
+# -- Cosmos DB test server (all of it in support/cosmos.py): cosmos_endpoint (session: the
+# -- local server's URL, or COSMOS_TEST_ENDPOINT), cosmos_settings (a fresh database per test),
+# -- etcdgw_cosmos_server (module: `etcdgw serve --backend cosmos` on a fresh database; modules
+# -- opt in to the "etcdgw-cosmos" target with `target = target_with_cosmos`).
+from support.cosmos import cosmos_endpoint, cosmos_settings, etcdgw_cosmos_server  # noqa: E402, F401
 from support.etcdctl import Etcdctl, etcdctl_binary  # noqa: E402
 from support.procs import (  # noqa: E402
     Kind,
@@ -53,10 +59,6 @@ from support.procs import (  # noqa: E402
     etcd_binary,
     start_server,
 )
-
-# -- Cosmos DB test server (all of it in support/cosmos.py): cosmos_endpoint (session: the
-# -- local server's URL, or COSMOS_TEST_ENDPOINT), cosmos_settings (a fresh database per test).
-from support.cosmos import cosmos_endpoint, cosmos_settings  # noqa: E402, F401
 
 TARGETS: list[Kind] = ["etcd", "etcdgw"]
 

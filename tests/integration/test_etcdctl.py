@@ -22,12 +22,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support.cosmos import target_with_cosmos
 from support.etcdctl import CtlResult, Etcdctl
 from support.procs import Server
 
 TXN_PROMPTS = "compares:\nsuccess requests (get, put, del):\nfailure requests (get, put, del):\n"
 COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 FUTURE_REV = "etcdserver: mvcc: required revision is a future revision"
+
+target = target_with_cosmos  # also on "etcdgw-cosmos": etcdgw on the Cosmos backend
 
 # ---------------------------------------------------------------------------------------------
 # helpers

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from support.cosmos import target_with_cosmos
 from support.driver import Failure, GrpcDriver
 from support.procs import Server
 
@@ -20,6 +21,8 @@ from etcdgw._proto import etcdserverpb as pb
 from etcdgw._proto import mvccpb
 
 pytestmark = pytest.mark.etcd
+
+target = target_with_cosmos  # also on "etcdgw-cosmos": etcdgw on the Cosmos backend
 
 COMPACTED = Failure(11, "etcdserver: mvcc: required revision has been compacted")  # E02, R04
 FUTURE_REV = Failure(11, "etcdserver: mvcc: required revision is a future revision")  # E02, R03

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from support.cosmos import target_with_cosmos
 from support.driver import Failure, GrpcDriver
 from support.etcdctl import Etcdctl
 from support.lease import LeaseClient
@@ -27,6 +28,8 @@ from etcdgw._proto import etcdserverpb as pb
 from etcdgw._proto import mvccpb
 
 pytestmark = pytest.mark.etcd
+
+target = target_with_cosmos  # also on "etcdgw-cosmos": etcdgw on the Cosmos backend
 
 DELETE = mvccpb.EventEventType.DELETE
 NOT_FOUND = Failure(5, "etcdserver: requested lease not found")

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from support.cosmos import target_with_cosmos
 from support.driver import GrpcDriver
 from support.procs import Server
 from support.watch import (
@@ -33,6 +34,8 @@ from etcdgw._proto import etcdserverpb as pb
 from etcdgw._proto import mvccpb
 
 pytestmark = pytest.mark.etcd
+
+target = target_with_cosmos  # also on "etcdgw-cosmos": etcdgw on the Cosmos backend
 
 PUT = mvccpb.EventEventType.PUT
 DELETE = mvccpb.EventEventType.DELETE

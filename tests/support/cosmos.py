@@ -154,3 +154,58 @@ def cosmos_settings_fixture(cosmos_endpoint: str) -> Iterator[Any]:
 
 
 cosmos_settings = pytest.fixture(name="cosmos_settings")(cosmos_settings_fixture)
+
+
+# ---------------------------------------------------------------------------------------------
+# etcdgw processes on the Cosmos backend (`etcdgw serve --backend cosmos`)
+
+
+def account_key() -> str:
+    """The key the gateways get: any base64 string for the local server (it checks none)."""
+    if os.environ.get("COSMOS_TEST_ENDPOINT"):
+        return os.environ.get("COSMOS_TEST_KEY", "")
+    return LOCAL_KEY
+
+
+def gateway_args(endpoint: str, database: str, container: str = "etcd") -> tuple[str, ...]:
+    """The ``serve`` flags that put a gateway on ``database``/``container``."""
+    return ("--backend", "cosmos", "--cosmos-endpoint", endpoint, "--cosmos-key", account_key(),
+            "--cosmos-database", database, "--cosmos-container", container)
+
+
+def new_database() -> str:
+    return "g" + uuid.uuid4().hex[:8]
+
+
+def drop_database_now(endpoint: str, database: str) -> None:
+    """drop_database from sync code (a loop of its own, in a thread: never the test's loop)."""
+    settings = settings_for(endpoint, database=database)
+    t = threading.Thread(target=lambda: asyncio.run(drop_database(settings)))
+    t.start()
+    t.join(30)
+
+
+def etcdgw_cosmos_server_fixture(server_factory: Any, cosmos_endpoint: str) -> Iterator[Any]:
+    database = new_database()
+    server = server_factory("etcdgw", extra_args=gateway_args(cosmos_endpoint, database))
+    yield server
+    server.stop()  # before the database goes (server_factory's own stop is then a no-op)
+    drop_database_now(cosmos_endpoint, database)
+
+
+#: ``etcdgw serve --backend cosmos`` over h2c on a database of its own, one per test module
+#: (registered in tests/conftest.py).
+etcdgw_cosmos_server = pytest.fixture(scope="module", name="etcdgw_cosmos_server")(
+    etcdgw_cosmos_server_fixture)
+
+#: ``target`` plus the Cosmos-backed gateway.
+TARGETS_WITH_COSMOS = ("etcd", "etcdgw", "etcdgw-cosmos")
+
+
+@pytest.fixture(scope="module", params=TARGETS_WITH_COSMOS)
+def target_with_cosmos(request: pytest.FixtureRequest) -> Any:
+    """conftest's ``target`` over "etcd", "etcdgw" and "etcdgw-cosmos". A module opts in by
+    binding it to the name ``target`` (``target = target_with_cosmos``), which overrides
+    conftest's fixture for that module only. The Cosmos gateway's ``Server.kind`` is "etcdgw":
+    tests that branch on the kind hold it to etcdgw's contract."""
+    return request.getfixturevalue(request.param.replace("-", "_") + "_server")
