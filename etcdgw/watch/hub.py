@@ -38,13 +38,31 @@ HIGH_WATER_RESPONSES = 1024  # a stream's queue beyond which live events go to c
 HIGH_WATER_BYTES = 64 << 20
 LOW_WATER_RESPONSES = 128  # catch-up resumes once the queue is this short
 CATCH_UP_REVISIONS = 1000  # distinct revisions in one catch-up response (W16)
+MERGE_BYTES = 256 << 10  # a queued event response takes later revisions up to this size
+REPLAY_CACHE_REVISIONS = 4096  # encoded revisions kept for watchers replaying the same history
 
 HeaderFn = Callable[[int], bytes]
 GroupKey = tuple[bytes, bytes | None]
 
 
+class _Pending:
+    """A queued event response of one watcher, still open to later revisions of the same
+    watcher until the sender takes it or a control response is queued behind it."""
+
+    __slots__ = ("epoch", "events", "header", "revs", "size", "watcher")
+
+    def __init__(self, w: Watcher, header: bytes, events: list[bytes], size: int, revs: int,
+                 epoch: int) -> None:
+        self.watcher = w
+        self.header = header
+        self.events = events
+        self.size = size
+        self.revs = revs
+        self.epoch = epoch
+
+
 class Watcher:
-    __slots__ = ("fragment", "id", "kr", "next_rev", "nodelete", "noput", "prev_kv",
+    __slots__ = ("fragment", "id", "kr", "next_rev", "nodelete", "noput", "pending", "prev_kv",
                  "progress_notify", "sent", "start_rev", "stream", "synced")
 
     def __init__(self, stream: WatchStream, watch_id: int, kr: KeyRange, start_rev: int,
@@ -62,6 +80,7 @@ class Watcher:
         self.progress_notify = progress_notify
         self.fragment = fragment
         self.sent = False  # events sent since the last progress tick
+        self.pending: _Pending | None = None  # its last queued event response
 
     @property
     def group(self) -> GroupKey | None:
@@ -81,6 +100,8 @@ class WatchHub:
         self._single: dict[bytes, set[Watcher]] = {}
         self._ranges: dict[GroupKey, set[Watcher]] = {}
         self.streams: set[WatchStream] = set()
+        # rev -> its encoded events, shared by every watcher replaying that revision.
+        self._replay_cache: dict[int, EventCache] = {}
         self._ticker: asyncio.Task[None] | None = None
 
     @property
@@ -149,6 +170,7 @@ class WatchHub:
         if hits is None and not groups:
             return
         cache = EventCache(self.replica, rev, changes)
+        self._remember(cache)
         header = self.header(rev)
         if hits:
             for w, idx in hits.items():
@@ -161,6 +183,20 @@ class WatchHub:
                 if evs is None:
                     evs = encoded[opts] = self._events(cache, w, idx)
                 self._deliver(w, rev, header, evs)
+
+    def _remember(self, cache: EventCache) -> None:
+        rc = self._replay_cache
+        if len(rc) >= REPLAY_CACHE_REVISIONS:
+            rc.clear()
+        rc[cache.rev] = cache
+
+    def event_cache(self, rev: int, changes: list[Version]) -> EventCache:
+        """The events of ``rev`` for a replay, encoded once for all replaying watchers."""
+        cache = self._replay_cache.get(rev)
+        if cache is None or cache.changes is not changes:
+            cache = EventCache(self.replica, rev, changes)
+            self._remember(cache)
+        return cache
 
     @staticmethod
     def _events(cache: EventCache, w: Watcher, idx: list[int]) -> list[bytes]:
@@ -208,8 +244,10 @@ class WatchStream:
         self.hub = hub
         self.watchers: dict[int, Watcher] = {}
         self._next_id = 0
-        self._out: collections.deque[bytes] = collections.deque()
+        self._out: collections.deque[bytes | _Pending] = collections.deque()
         self._out_bytes = 0
+        self._out_count = 0  # responses queued, counting each merged revision as one
+        self._epoch = 0  # bumped by every control response: merges never cross one
         self._readable = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -219,32 +257,76 @@ class WatchStream:
 
     # -- the outgoing queue ---------------------------------------------------------------
 
-    def push(self, data: bytes) -> None:
-        if self.closed:
-            return
-        self._out.append(data)
-        self._out_bytes += len(data)
+    def _queued(self, item: bytes | _Pending, size: int) -> None:
+        self._out.append(item)
+        self._out_bytes += size
+        self._out_count += 1
         self._readable.set()
-        if len(self._out) > LOW_WATER_RESPONSES:
+        if self._out_count > LOW_WATER_RESPONSES:
             self._drained.clear()
 
-    def push_events(self, w: Watcher, header: bytes, events: list[bytes]) -> None:
-        if w.fragment:
-            for part in split_fragments(header, w.id, events, self.hub.fragment_limit):
-                self.push(part)
-        else:
-            self.push(response(header, w.id, b"".join(events)))
+    def push(self, data: bytes) -> None:
+        """A control response (created, canceled, progress); later events never merge into
+        a response queued before it, so it keeps its place in each watcher's order (W23)."""
+        if self.closed:
+            return
+        self._epoch += 1
+        self._queued(data, len(data))
+
+    def push_events(self, w: Watcher, header: bytes, events: list[bytes],
+                    revs: int = 1) -> None:
+        """Events of ``revs`` whole revisions for ``w``. While its previous event response is
+        still queued (the client reads slower than revisions arrive) they join it, with the
+        later header: fewer, larger responses for a slow reader, same order (W15, W16)."""
+        if self.closed:
+            return
+        size = sum(map(len, events))
+        p = w.pending
+        if (p is not None and p.epoch == self._epoch and p.size + size <= MERGE_BYTES
+                and p.revs + revs <= CATCH_UP_REVISIONS):
+            p.header = header
+            p.events.extend(events)
+            p.size += size
+            p.revs += revs
+            self._out_bytes += size
+            self._out_count += revs
+            if self._out_count > LOW_WATER_RESPONSES:
+                self._drained.clear()
+            return
+        p = w.pending = _Pending(w, header, list(events), size, revs, self._epoch)
+        self._queued(p, size)
+        self._out_count += revs - 1
 
     def over_high_water(self) -> bool:
-        return len(self._out) >= HIGH_WATER_RESPONSES or self._out_bytes >= HIGH_WATER_BYTES
+        return self._out_count >= HIGH_WATER_RESPONSES or self._out_bytes >= HIGH_WATER_BYTES
 
     async def next_response(self) -> bytes:
+        """The next response to send, encoded (a merged event response may need several, as
+        fragments: the rest go back to the front of the queue)."""
         while not self._out:
             self._readable.clear()
             await self._readable.wait()
-        data = self._out.popleft()
-        self._out_bytes -= len(data)
-        if len(self._out) <= LOW_WATER_RESPONSES:
+        item = self._out.popleft()
+        if isinstance(item, bytes):
+            self._out_bytes -= len(item)
+            self._out_count -= 1
+            data = item
+        else:
+            w = item.watcher
+            if w.pending is item:
+                w.pending = None  # taken: nothing more joins it
+            self._out_bytes -= item.size
+            self._out_count -= item.revs
+            if w.fragment:
+                parts = split_fragments(item.header, w.id, item.events, self.hub.fragment_limit)
+                data = parts[0]
+                for part in reversed(parts[1:]):
+                    self._out.appendleft(part)
+                    self._out_bytes += len(part)
+                    self._out_count += 1
+            else:
+                data = response(item.header, w.id, b"".join(item.events))
+        if self._out_count <= LOW_WATER_RESPONSES:
             self._drained.set()
         return data
 
@@ -354,17 +436,20 @@ class WatchStream:
         i = bisect.bisect_left(log_, w.next_rev, key=lambda e: e[0])
         j = min(len(log_), i + CATCH_UP_REVISIONS)
         events: list[bytes] = []
+        revs = 0
+        kr, event_cache = w.kr, self.hub.event_cache
         for rev, changes in log_[i:j]:
             cache: EventCache | None = None
             for n, v in enumerate(changes):
-                if v.key in w.kr and w.wants(v):
+                if v.key in kr and w.wants(v):
                     if cache is None:
-                        cache = EventCache(replica, rev, changes)
+                        cache = event_cache(rev, changes)
+                        revs += 1
                     events.append(cache.event(n, w.prev_kv))
         cur = replica.rev
         w.next_rev = log_[j - 1][0] + 1 if j < len(log_) else cur + 1
         if events:
             w.sent = True
-            self.push_events(w, self.hub.header(cur), events)
+            self.push_events(w, self.hub.header(cur), events, revs)
         if w.next_rev > cur:
             w.synced = True

@@ -92,7 +92,6 @@ class MCreate:
 
     watcher: MWatcher | None  # None: refused (watch_id -1)
     reason: str = ""
-    auto: bool = False
 
 
 class WatchMachine(RuleBasedStateMachine):
@@ -111,9 +110,9 @@ class WatchMachine(RuleBasedStateMachine):
         self.pending: list[list[MCreate]] = []  # per stream: created responses to come
         self.next_id: list[int] = []
         self.client_ids: list[bool] = []  # per stream: client-chosen ids ever used
-        self.last_auto: list[int] = []
         self.by_id: list[dict[int, MWatcher]] = []  # per stream: id -> watcher of its responses
         self.progress_expected: list[int] = []  # per stream: progress responses due
+        self.max_event_rev: list[int] = []  # per stream: highest event revision read
         self.run(self._open())
         self.run(self._open())
 
@@ -142,9 +141,9 @@ class WatchMachine(RuleBasedStateMachine):
         self.pending.append([])
         self.next_id.append(0)
         self.client_ids.append(False)
-        self.last_auto.append(-1)
         self.by_id.append({})
         self.progress_expected.append(0)
+        self.max_event_rev.append(0)
 
     @property
     def cur(self) -> int:
@@ -208,9 +207,9 @@ class WatchMachine(RuleBasedStateMachine):
           client_id=st.sampled_from([None, None, None, 1, 2, 5]))
     def create(self, s: int, rng: tuple[bytes, bytes], start: str, data: st.DataObject,
                prev_kv: bool, filters: tuple[int, ...], client_id: int | None) -> None:
-        if client_id is not None:
-            # Make the model's view of the ids in use exact (compaction cancels happen during
-            # catch-up, which only a drain runs).
+        if client_id is not None or self.client_ids[s]:
+            # Make the model's view of the ids in use exact: a compaction may free a
+            # client-chosen id above the counter before the model reads its cancel.
             self.full_drain()
         cur = self.cur
         if start == "past":
@@ -238,6 +237,12 @@ class WatchMachine(RuleBasedStateMachine):
                 self.pending[s].append(MCreate(None, DUPLICATE))
                 return
             wid = client_id
+            mw = MWatcher(s, wid, kr, start_rev or cur + 1, start_rev, prev_kv,
+                          NOPUT in filters, NODELETE in filters, cur)
+            self.open[s][wid] = mw
+            self.pending[s].append(MCreate(mw))
+            self.full_drain()  # again: its replay may cancel it at once (W08)
+            return
         else:
             while self.next_id[s] in self.open[s]:
                 self.next_id[s] += 1
@@ -247,7 +252,7 @@ class WatchMachine(RuleBasedStateMachine):
         mw = MWatcher(s, wid, kr, first, start_rev, prev_kv, NOPUT in filters,
                       NODELETE in filters, cur)
         self.open[s][wid] = mw
-        self.pending[s].append(MCreate(mw, auto=client_id is None))
+        self.pending[s].append(MCreate(mw))
 
     @rule(s=st.integers(0, 1), data=st.data())
     def cancel(self, s: int, data: st.DataObject) -> None:
@@ -334,24 +339,14 @@ class WatchMachine(RuleBasedStateMachine):
                 return
             mw = pc.watcher
             assert not r.canceled and hrev == mw.created_rev
-            if pc.auto and self.client_ids[s]:
-                # The model counts client-chosen ids as in use until it reads their cancel; the
-                # server may have freed one earlier (compaction during catch-up).
-                assert r.watch_id > self.last_auto[s] and r.watch_id <= mw.id
-                if r.watch_id != mw.id:
-                    del self.open[s][mw.id]
-                    mw.id = r.watch_id
-                    self.open[s][mw.id] = mw
-                    self.next_id[s] = mw.id + 1
-            else:
-                assert r.watch_id == mw.id, "W05/W07: created response out of order or bad id"
-            if pc.auto:
-                self.last_auto[s] = mw.id
+            assert r.watch_id == mw.id, "W05/W07: created response out of order or bad id"
             self.by_id[s][mw.id] = mw
             return
         if r.watch_id == -1:
             # W22/W23: a progress response: every watcher has every event <= its revision.
             assert not r.events and not r.canceled and r.compact_revision == 0 and hrev >= 1
+            # ... and never behind an event already sent on the stream (bookmarks only advance).
+            assert hrev >= self.max_event_rev[s], "progress behind an event already sent"
             for mw in self.by_id[s].values():
                 if mw.state == "open":
                     assert mw.received == self.expected(mw, hrev), f"W23: watcher {mw.id}"
@@ -389,6 +384,7 @@ class WatchMachine(RuleBasedStateMachine):
         assert len(want) >= n + len(got), f"G04: watcher {mw.id} got extra events {got}"
         mw.received.extend(want[n:n + len(got)])
         mw.last_rev = revs[-1]
+        self.max_event_rev[s] = max(self.max_event_rev[s], revs[-1])
 
 
 def _kv(kv: Any) -> KV | None:
