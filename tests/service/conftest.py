@@ -52,7 +52,7 @@ async def raw_channel(gateway: Gateway) -> AsyncIterator[Channel]:
 
 @pytest.fixture
 def fake_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeStore]]:
-    async def open_backend(kind: str, data_dir: str) -> FakeBackend:
+    async def open_backend(kind: str, data_dir: str, **_settings: Any) -> FakeBackend:
         return FakeBackend()
 
     FakeStore.instances = []
