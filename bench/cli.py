@@ -71,11 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds before each run")
     r.add_argument("--max-ops", type=int, default=1_000_000, help="operations per run at most")
     r.add_argument("--clients", type=_clients, help="concurrent clients, e.g. 1,16,64")
-    r.add_argument("--procs", type=int, default=1, help="client processes (default 1)")
+    r.add_argument("--procs", type=int, help="client processes (default 1; watch-fanout 2)")
     r.add_argument("--channels", type=int, default=2, help="gRPC connections per client process")
     r.add_argument("--keys", type=int, help="keys to load (workload default)")
     r.add_argument("--value-size", type=int, help="value bytes (workload default)")
     r.add_argument("--page-size", type=int, default=500, help="range-list-paged page size")
+    s = p.add_argument_group("streams (watch-latency, watch-fanout, lease-keepalive)")
+    s.add_argument("--rate", type=float,
+                   help="writes/s (watch-*: default 200 latency, 100 fanout); keepalives per "
+                   "lease per second (lease-keepalive: default 1)")
+    s.add_argument("--watchers", type=_clients,
+                   help="watchers, paired with --streams (watch-fanout default 1000,10000)")
+    s.add_argument("--streams", type=_clients,
+                   help="streams (watch-fanout default 10,100; lease-keepalive 10)")
+    s.add_argument("--leases", type=_clients, help="leases kept alive (default 1000)")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="results directory (default bench/results)")
     o.add_argument("--no-json", action="store_true", help="do not write the JSON result")
@@ -119,18 +128,24 @@ def open_targets(args: argparse.Namespace, progress: Progress) -> list[Target]:
     return targets
 
 
-def params_for(wl: Workload, args: argparse.Namespace, clients: int, tag: int) -> Params:
+def params_for(
+    wl: Workload, args: argparse.Namespace, level: dict[str, Any], tag: int
+) -> Params:
     return Params(
-        clients=clients,
+        clients=level["clients"],
         duration=args.duration,
         warmup=args.warmup,
         max_ops=args.max_ops,
-        procs=args.procs,
+        procs=args.procs or wl.default_procs,
         channels=args.channels,
         keys=args.keys if args.keys is not None else wl.default_keys,
         value_size=args.value_size if args.value_size is not None else wl.default_value_size,
         page_size=args.page_size,
         run_tag=tag,
+        rate=args.rate or 0.0,
+        watchers=level.get("watchers", 0),
+        streams=level.get("streams", 0),
+        leases=level.get("leases", 0),
     )
 
 
@@ -142,23 +157,31 @@ def measure(
 
     names = [t.name for t in targets]
     pair = report.ratio_pair(names)
-    levels = args.clients or wl.default_clients
+    levels = wl.levels(args)
     base = params_for(wl, args, levels[0], 0)
     versions: dict[str, str | None] = {}
     states: dict[str, Any] = {}
-    if not wl.custom:
+    if wl.stream:
+        from bench.runner import server_version
+
+        versions = {t.name: server_version(t) for t in targets}
+    elif not wl.custom:
         for t in targets:
             progress(f"loading {wl.name} keys into {t.name} ...")
             states[t.name], versions[t.name] = runner.prepare(t, wl.name, base)
     groups = []
     tag = 0
-    for clients in levels:
+    for level in levels:
+        clients, label = level["clients"], level["label"]
         runs: list[dict[str, Any]] = []
         for rnd in range(1, args.rounds + 1):
             for t in targets:
                 tag += 1
-                params = params_for(wl, args, clients, tag)
-                if wl.custom:
+                params = params_for(wl, args, level, tag)
+                if wl.stream:
+                    runs.append(wl.run_round(t, params, rnd))  # type: ignore[attr-defined]
+                    figures = runs[-1]["figures"]
+                elif wl.custom:
                     figures = wl.run_round(t, params)  # type: ignore[attr-defined]
                     runs.append(
                         {
@@ -177,10 +200,12 @@ def measure(
                 shown = ", ".join(
                     f"{k} {report.fmt(figures[k])}" for k in wl.figures if k in figures
                 )
-                progress(f"  c={clients} round {rnd}/{args.rounds} {t.name}: {shown}")
+                progress(f"  {label} round {rnd}/{args.rounds} {t.name}: {shown}")
         medians = report.summarize(runs, names)
         group = {
             "clients": clients,
+            "label": label,
+            "level": {k: v for k, v in level.items() if k != "label"},
             "runs": runs,
             "medians": medians,
             "ratios": report.ratios(medians, pair),
@@ -193,16 +218,22 @@ def measure(
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python -m bench " + " ".join(sys.argv[1:]),
         "parameters": {
-            "clients": list(levels),
+            "clients": [lv["clients"] for lv in levels],
+            "levels": [lv["label"] for lv in levels],
             "rounds": args.rounds,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "max_ops": args.max_ops,
-            "procs": args.procs,
+            "procs": base.procs,
             "channels": args.channels,
             "keys": base.keys,
             "value_size": base.value_size,
             "page_size": base.page_size,
+            **(
+                {"rate": args.rate or getattr(wl, "default_rate", None), "leases": base.leases}
+                if wl.stream
+                else {}
+            ),
         },
         "targets": [{**t.describe(), "version": versions.get(t.name)} for t in targets],
         "ratio": f"{pair[0]}/{pair[1]}" if pair else None,
@@ -232,7 +263,7 @@ def run_workload(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.rounds < 1 or args.duration <= 0 or args.procs < 1 or args.max_ops < 1:
+    if args.rounds < 1 or args.duration <= 0 or (args.procs or 1) < 1 or args.max_ops < 1:
         print("--rounds, --duration, --procs, --max-ops must be positive", file=sys.stderr)
         return 2
     progress = Progress(args.progress)

@@ -34,7 +34,7 @@ def plot(result: dict[str, Any], out: Path) -> Path:
         len(groups), ncols, figsize=(6 * ncols, 3.2 * len(groups)), squeeze=False
     )
     for row, group in enumerate(groups):
-        c = group["clients"]
+        c = group.get("label") or f"c={group['clients']}"
         if has_latency:
             ax = axes[row][0]
             for i, name in enumerate(names):
@@ -57,7 +57,7 @@ def plot(result: dict[str, Any], out: Path) -> Path:
             ax.set_xscale("log")
             ax.set_xlabel("latency (ms)")
             ax.set_ylabel("fraction of operations")
-            ax.set_title(f"{result['workload']} c={c}: latency CDF")
+            ax.set_title(f"{result['workload']} {c}: latency CDF")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(loc="lower right")
         ax = axes[row][ncols - 1]
@@ -76,7 +76,7 @@ def plot(result: dict[str, Any], out: Path) -> Path:
         )
         ax.bar_label(bars, labels=[f"{v:,.0f}" for v in meds], padding=3)
         ratio = group.get("ratios", {}).get(rate)
-        title = f"{result['workload']} c={c}: {rate} (median, min-max)"
+        title = f"{result['workload']} {c}: {rate} (median, min-max)"
         if ratio is not None and result.get("ratio"):
             title += f"\n{result['ratio']} = {ratio:.2f}"
         ax.set_title(title)

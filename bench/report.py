@@ -125,8 +125,9 @@ def table(
     wl: Workload, group: dict[str, Any], names: list[str], pair: tuple[str, str] | None
 ) -> str:
     """The stdout table of one clients level."""
-    header = f"{wl.name}  clients={group['clients']}  ({len(group['runs']) // len(names)} rounds)"
-    shown = [*wl.figures, *(() if wl.custom else CPU_FIGURES)]
+    label = group.get("label") or f"clients={group['clients']}"
+    header = f"{wl.name}  {label}  ({len(group['runs']) // len(names)} rounds)"
+    shown = [*wl.figures, *(() if wl.custom and not wl.stream else CPU_FIGURES)]
     cols = [*names, f"{pair[0]}/{pair[1]}" if pair else ""]
     rows = [["figure", *cols]]
     for k in shown:

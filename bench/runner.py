@@ -231,6 +231,17 @@ def prepare(target: Target, workload: str, params: Params) -> tuple[State, str |
     return asyncio.run(go())
 
 
+def server_version(target: Target) -> str | None:
+    async def go() -> str | None:
+        kv = Kv(target, channels=1)
+        try:
+            return await kv.version()
+        finally:
+            await kv.close()
+
+    return asyncio.run(go())
+
+
 def cpu_count() -> int:
     return os.cpu_count() or 1
 

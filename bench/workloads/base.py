@@ -34,6 +34,11 @@ class Params:
     value_size: int = 0
     page_size: int = 500
     run_tag: int = 0
+    # Streaming workloads (watch-*, lease-keepalive); 0 = the workload's default.
+    rate: float = 0.0  # writes/s (watch) or keepalives per lease per second (lease)
+    watchers: int = 0
+    streams: int = 0
+    leases: int = 0
 
 
 @dataclass
@@ -71,7 +76,17 @@ class Workload:
     figures: ClassVar[tuple[str, ...]] = ("ops/s", "p50 ms", "p99 ms")
     #: Only for servers the bench started itself (it restarts them); no ops loop.
     custom: ClassVar[bool] = False
+    #: Runs its own client processes (``run_round``), no ops loop: watch and lease streams.
+    #: Unlike ``custom`` it works on any endpoint and reports latency and client CPU.
+    stream: ClassVar[bool] = False
+    default_procs: ClassVar[int] = 1
     implemented: ClassVar[bool] = True
+
+    def levels(self, args: Any) -> list[dict[str, Any]]:
+        """The parameter sets measured one after the other (each: Params overrides, plus a
+        ``label`` for the table); by default one per ``--clients`` level."""
+        return [{"clients": c, "label": f"clients={c}"}
+                for c in (args.clients or self.default_clients)]
 
     async def prepare(self, kv: Kv, params: Params) -> State:
         """Load the keys (parent process, once per target); returns state for the clients."""
