@@ -77,13 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--value-size", type=int, help="value bytes (workload default)")
     r.add_argument("--page-size", type=int, default=500, help="range-list-paged page size")
     s = p.add_argument_group("streams (watch-latency, watch-fanout, lease-keepalive)")
-    s.add_argument("--rate", type=float,
-                   help="writes/s (watch-*: default 200 latency, 100 fanout); keepalives per "
-                   "lease per second (lease-keepalive: default 1)")
-    s.add_argument("--watchers", type=_clients,
-                   help="watchers, paired with --streams (watch-fanout default 1000,10000)")
-    s.add_argument("--streams", type=_clients,
-                   help="streams (watch-fanout default 10,100; lease-keepalive 10)")
+    s.add_argument(
+        "--rate",
+        type=float,
+        help="writes/s (watch-*: default 200 latency, 100 fanout); keepalives per "
+        "lease per second (lease-keepalive: default 1)",
+    )
+    s.add_argument(
+        "--watchers",
+        type=_clients,
+        help="watchers, paired with --streams (watch-fanout default 1000,10000)",
+    )
+    s.add_argument(
+        "--streams", type=_clients, help="streams (watch-fanout default 10,100; lease-keepalive 10)"
+    )
     s.add_argument("--leases", type=_clients, help="leases kept alive (default 1000)")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, help="results directory (default bench/results)")
@@ -128,9 +135,7 @@ def open_targets(args: argparse.Namespace, progress: Progress) -> list[Target]:
     return targets
 
 
-def params_for(
-    wl: Workload, args: argparse.Namespace, level: dict[str, Any], tag: int
-) -> Params:
+def params_for(wl: Workload, args: argparse.Namespace, level: dict[str, Any], tag: int) -> Params:
     return Params(
         clients=level["clients"],
         duration=args.duration,

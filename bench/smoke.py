@@ -27,6 +27,12 @@ SIZES: dict[str, tuple[str, str]] = {
     "txn-update": ("20", "4"),
     "memory": ("500", "4"),
 }
+#: Streaming workloads: their own tiny sizes (a lost or duplicated event fails the run).
+STREAM_ARGS: dict[str, list[str]] = {
+    "watch-latency": ["--rate", "200"],
+    "watch-fanout": ["--watchers", "40", "--streams", "4", "--procs", "2", "--rate", "50"],
+    "lease-keepalive": ["--leases", "50", "--streams", "4"],
+}
 
 
 def main(argv: Sequence[str]) -> int:
@@ -47,10 +53,13 @@ def main(argv: Sequence[str]) -> int:
                 if rc != 2:
                     failures.append(f"{name}: pending workload exited {rc}, expected 2")
                 continue
-            keys, clients = SIZES[name]
             cmd = [name, *(a for s in starts for a in ("--start", s))]
             cmd += ["--rounds", "1", "--duration", str(args.duration), "--warmup", "0.2"]
-            cmd += ["--clients", clients, "--keys", keys, "--page-size", "50"]
+            if wl.stream:
+                cmd += STREAM_ARGS[name]
+            else:
+                keys, clients = SIZES[name]
+                cmd += ["--clients", clients, "--keys", keys, "--page-size", "50"]
             cmd += ["--out", tmp, "--progress", "no"]
             print(f"--- smoke: python -m bench {' '.join(cmd)}", flush=True)
             t0 = time.monotonic()

@@ -64,8 +64,7 @@ class Hist:
         self.max = max(self.max, o.max)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"buckets": self.buckets, "count": self.count, "max": self.max,
-                "total": self.total}
+        return {"buckets": self.buckets, "count": self.count, "max": self.max, "total": self.total}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Hist:
@@ -138,8 +137,9 @@ def run_procs(
     out = ctx.Queue()
     children = []
     for i, (func, args) in enumerate(jobs):
-        child = ctx.Process(target=_entry, args=(out, i, func, (*args, barrier, shared)),
-                            daemon=True)
+        child = ctx.Process(
+            target=_entry, args=(out, i, func, (*args, barrier, shared)), daemon=True
+        )
         child.start()
         children.append(child)
     win = Window()
@@ -164,11 +164,9 @@ def run_procs(
             _collect(out, results)
             crashed = [r["crash"] for r in results.values() if "crash" in r]
             if crashed:
-                raise RuntimeError(f"client process failed against {target.name}: "
-                                   f"{crashed[0]}")
+                raise RuntimeError(f"client process failed against {target.name}: {crashed[0]}")
             if time.monotonic() > deadline or not all(c.is_alive() for c in children):
-                raise RuntimeError(f"client processes for {target.name} died or hung "
-                                   "during set-up")
+                raise RuntimeError(f"client processes for {target.name} died or hung during set-up")
         barrier.wait(timeout=30)
         t0 = time.monotonic()
         time.sleep(max(0.0, t0 + warmup - time.monotonic()))
@@ -191,7 +189,8 @@ def run_procs(
                     _collect(out, results)
                     if len(results) < len(jobs):
                         raise RuntimeError(
-                            f"client processes for {target.name} died or hung") from None
+                            f"client processes for {target.name} died or hung"
+                        ) from None
             crashed = [r["crash"] for r in results.values() if "crash" in r]
             if crashed:
                 raise RuntimeError(f"client process failed against {target.name}: {crashed[0]}")

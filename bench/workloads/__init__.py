@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bench.workloads.base import Workload
-from bench.workloads.memory import Memory
 from bench.workloads.lease import LeaseKeepalive
+from bench.workloads.memory import Memory
 from bench.workloads.put import Put
 from bench.workloads.range_get import RangeGet
 from bench.workloads.range_list import RangeList

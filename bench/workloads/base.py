@@ -85,8 +85,9 @@ class Workload:
     def levels(self, args: Any) -> list[dict[str, Any]]:
         """The parameter sets measured one after the other (each: Params overrides, plus a
         ``label`` for the table); by default one per ``--clients`` level."""
-        return [{"clients": c, "label": f"clients={c}"}
-                for c in (args.clients or self.default_clients)]
+        return [
+            {"clients": c, "label": f"clients={c}"} for c in (args.clients or self.default_clients)
+        ]
 
     async def prepare(self, kv: Kv, params: Params) -> State:
         """Load the keys (parent process, once per target); returns state for the clients."""

@@ -38,8 +38,9 @@ TTL = 60
 HERE = "bench.workloads.lease"
 
 
-async def lease_main(target: Target, cfg: dict[str, Any], per_stream: list[int], barrier: Any,
-                     shared: dict[str, Any]) -> dict[str, Any]:
+async def lease_main(
+    target: Target, cfg: dict[str, Any], per_stream: list[int], barrier: Any, shared: dict[str, Any]
+) -> dict[str, Any]:
     nch = max(1, min(cfg["channels"], len(per_stream)))
     channels = [_channel(target, f"{os.getpid()}-l{i}") for i in range(nch)]
     st = {"sent": 0, "answers": 0, "in_window": 0, "errors": 0}
@@ -51,12 +52,16 @@ async def lease_main(target: Target, cfg: dict[str, Any], per_stream: list[int],
         if not first_error:
             first_error.append(msg)
 
-    grant = channels[0].unary_unary(GRANT, request_serializer=rpc_pb2.LeaseGrantRequest
-                                    .SerializeToString,
-                                    response_deserializer=rpc_pb2.LeaseGrantResponse.FromString)
-    revoke = channels[0].unary_unary(REVOKE, request_serializer=rpc_pb2.LeaseRevokeRequest
-                                     .SerializeToString,
-                                     response_deserializer=rpc_pb2.LeaseRevokeResponse.FromString)
+    grant = channels[0].unary_unary(
+        GRANT,
+        request_serializer=rpc_pb2.LeaseGrantRequest.SerializeToString,
+        response_deserializer=rpc_pb2.LeaseGrantResponse.FromString,
+    )
+    revoke = channels[0].unary_unary(
+        REVOKE,
+        request_serializer=rpc_pb2.LeaseRevokeRequest.SerializeToString,
+        response_deserializer=rpc_pb2.LeaseRevokeResponse.FromString,
+    )
     ids: list[int] = []
     try:
         total = sum(per_stream)
@@ -73,7 +78,7 @@ async def lease_main(target: Target, cfg: dict[str, Any], per_stream: list[int],
         calls = [channels[i % nch].stream_stream(KEEPALIVE)() for i in range(len(per_stream))]
         groups, at = [], 0
         for n in per_stream:
-            groups.append(ids[at:at + n])
+            groups.append(ids[at : at + n])
             at += n
         await wait_barrier(barrier)
         t0 = time.monotonic()
@@ -129,15 +134,20 @@ async def lease_main(target: Target, cfg: dict[str, Any], per_stream: list[int],
             await call.done_writing()
             try:
                 await asyncio.wait_for(rd, timeout=15)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 error(f"{len(fifo)} keepalives unanswered 15 s after the last")
                 call.cancel()
 
-        await asyncio.gather(*(stream(i, c, g) for i, (c, g) in enumerate(zip(calls, groups,
-                                                                                strict=True))))
+        await asyncio.gather(
+            *(stream(i, c, g) for i, (c, g) in enumerate(zip(calls, groups, strict=True)))
+        )
         client_cpu = await cpu.result()
-        return {**st, "lat": lat.tobytes(), "cpu": client_cpu,
-                "first_error": first_error[0] if first_error else None}
+        return {
+            **st,
+            "lat": lat.tobytes(),
+            "cpu": client_cpu,
+            "first_error": first_error[0] if first_error else None,
+        }
     finally:
         todo_ids = iter(list(ids))
 
@@ -167,12 +177,15 @@ class LeaseKeepalive(Workload):
         ls = args.leases or (1000,)
         ss = args.streams or (10,)
         if len(ls) != len(ss) and 1 not in (len(ls), len(ss)):
-            raise SystemExit("--leases and --streams: give as many values each (paired), "
-                             "or one for either")
+            raise SystemExit(
+                "--leases and --streams: give as many values each (paired), or one for either"
+            )
         n = max(len(ls), len(ss))
         ls, ss = (ls * n if len(ls) == 1 else ls), (ss * n if len(ss) == 1 else ss)
-        return [{"leases": n_, "streams": s, "clients": s, "label": f"leases={n_} streams={s}"}
-                for n_, s in zip(ls, ss, strict=True)]
+        return [
+            {"leases": n_, "streams": s, "clients": s, "label": f"leases={n_} streams={s}"}
+            for n_, s in zip(ls, ss, strict=True)
+        ]
 
     def run_round(self, target: Target, params: Params, rnd: int) -> dict[str, Any]:
         from bench.report import percentile  # (report imports runner, which imports workloads)
@@ -182,17 +195,22 @@ class LeaseKeepalive(Workload):
         procs = max(1, min(params.procs, streams))
         per_stream = _split(params.leases, streams)
         split = _split(streams, procs)
-        cfg = {"rate": rate, "warmup": params.warmup, "duration": params.duration,
-               "channels": params.channels}
+        cfg = {
+            "rate": rate,
+            "warmup": params.warmup,
+            "duration": params.duration,
+            "channels": params.channels,
+        }
         jobs: list[tuple[str, tuple[Any, ...]]] = []
         lt = light(target)
         at = 0
         for p in range(procs):
-            jobs.append((f"{HERE}.lease_main", (lt, cfg, per_stream[at:at + split[p]])))
+            jobs.append((f"{HERE}.lease_main", (lt, cfg, per_stream[at : at + split[p]])))
             at += split[p]
         total = params.warmup + params.duration
-        results, win = run_procs(target, jobs, warmup=params.warmup, duration=params.duration,
-                                 timeout=total + 120)
+        results, win = run_procs(
+            target, jobs, warmup=params.warmup, duration=params.duration, timeout=total + 120
+        )
         lat = array("d")
         for r in results:
             lat.frombytes(r["lat"])
@@ -223,12 +241,16 @@ class LeaseKeepalive(Workload):
             "seconds": params.duration,
             "errors": sum(r["errors"] for r in results),
             "first_error": next((r["first_error"] for r in results if r["first_error"]), None),
-            "counters": {"sent": sum(r["sent"] for r in results),
-                         "answers": sum(r["answers"] for r in results)},
+            "counters": {
+                "sent": sum(r["sent"] for r in results),
+                "answers": sum(r["answers"] for r in results),
+            },
             "client_cpu_per_proc": cpus,
             "client_saturated": max(cpus) >= 0.9,
             "machine_saturated": (win.machine_cpu or 0.0) >= 0.9 * (os.cpu_count() or 1),
             "latency_quantiles_ms": [
                 ls[min(n - 1, round(i * (n - 1) / 200))] * 1e3 for i in range(201)
-            ] if n else [],
+            ]
+            if n
+            else [],
         }

@@ -40,7 +40,7 @@ import grpc.aio
 
 from bench.client import Kv, prefix_end
 from bench.proto import rpc_pb2
-from bench.streams import CpuWindow, light, Hist, grpc_options, run_procs, wait_barrier
+from bench.streams import CpuWindow, Hist, grpc_options, light, run_procs, wait_barrier
 from bench.targets import Target
 from bench.workloads.base import Params, Workload, random_values
 
@@ -63,8 +63,9 @@ def _channel(target: Target, tag: str) -> grpc.aio.Channel:
 # -- the writer process ----------------------------------------------------------------------
 
 
-async def writer_main(target: Target, cfg: dict[str, Any], barrier: Any,
-                      shared: dict[str, Any]) -> dict[str, Any]:
+async def writer_main(
+    target: Target, cfg: dict[str, Any], barrier: Any, shared: dict[str, Any]
+) -> dict[str, Any]:
     prefix: bytes = cfg["prefix"]
     kv = Kv(target, channels=1)
     try:
@@ -86,8 +87,9 @@ async def writer_main(target: Target, cfg: dict[str, Any], barrier: Any,
         async def put(i: int, due: float) -> None:
             due = time.monotonic()  # sent (the schedule decides the window; this is when)
             try:
-                resp = await kv.put(rpc_pb2.PutRequest(key=prefix + b"%08d" % i,
-                                                       value=values[i % 16]))
+                resp = await kv.put(
+                    rpc_pb2.PutRequest(key=prefix + b"%08d" % i, value=values[i % 16])
+                )
             except grpc.aio.AioRpcError as exc:
                 st["errors"] += 1
                 if not first_error:
@@ -120,9 +122,14 @@ async def writer_main(target: Target, cfg: dict[str, Any], barrier: Any,
         shared["last"].value = st["last"]
         shared["last_ack"].value = st["last_ack"]
         shared["done"].value = 1
-        return {**st, "writes": len(tasks), "cpu": await cpu.result(),
-                "first_error": first_error[0] if first_error else None,
-                "rec_start": rec_start, "rec_end": end}
+        return {
+            **st,
+            "writes": len(tasks),
+            "cpu": await cpu.result(),
+            "first_error": first_error[0] if first_error else None,
+            "rec_start": rec_start,
+            "rec_end": end,
+        }
     finally:
         await kv.close()
 
@@ -130,13 +137,20 @@ async def writer_main(target: Target, cfg: dict[str, Any], barrier: Any,
 # -- a watcher process -----------------------------------------------------------------------
 
 
-async def watcher_main(target: Target, cfg: dict[str, Any], proc: int, per_stream: list[int],
-                       barrier: Any, shared: dict[str, Any]) -> dict[str, Any]:
+async def watcher_main(
+    target: Target,
+    cfg: dict[str, Any],
+    proc: int,
+    per_stream: list[int],
+    barrier: Any,
+    shared: dict[str, Any],
+) -> dict[str, Any]:
     prefix: bytes = cfg["prefix"]
     nch = max(1, min(cfg["channels"], len(per_stream)))
     channels = [_channel(target, f"{os.getpid()}-w{i}") for i in range(nch)]
-    create = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
-        key=prefix, range_end=prefix_end(prefix))).SerializeToString()
+    create = rpc_pb2.WatchRequest(
+        create_request=rpc_pb2.WatchCreateRequest(key=prefix, range_end=prefix_end(prefix))
+    ).SerializeToString()
     parse = rpc_pb2.WatchResponse.FromString
     nwatchers = sum(per_stream)
     counts = [0] * nwatchers
@@ -146,6 +160,7 @@ async def watcher_main(target: Target, cfg: dict[str, Any], proc: int, per_strea
     rec_last = array("q")
     st = {"dup": 0, "unknown": 0, "responses": 0, "in_window": 0, "last_t": 0.0}
     try:
+
         async def open_stream(si: int, n: int, first_slot: int) -> tuple[Any, dict[int, int]]:
             call = channels[si % nch].stream_stream(WATCH)()
             for _ in range(n):
@@ -163,8 +178,9 @@ async def watcher_main(target: Target, cfg: dict[str, Any], proc: int, per_strea
             return call, ids
 
         firsts = [sum(per_stream[:i]) for i in range(len(per_stream))]
-        opened = await asyncio.gather(*(open_stream(i, n, firsts[i])
-                                        for i, n in enumerate(per_stream)))
+        opened = await asyncio.gather(
+            *(open_stream(i, n, firsts[i]) for i, n in enumerate(per_stream))
+        )
         await wait_barrier(barrier)
         t0 = time.monotonic()
         rec_start = t0 + cfg["warmup"]
@@ -216,7 +232,7 @@ async def watcher_main(target: Target, cfg: dict[str, Any], proc: int, per_strea
                 st["last_t"] = t
 
         readers = [asyncio.ensure_future(reader(c, ids)) for c, ids in opened]
-        while not shared["done"].value:
+        while not shared["done"].value:  # noqa: ASYNC110 (another process sets it)
             await asyncio.sleep(0.05)
         final = shared["last"].value
         deadline = time.monotonic() + cfg["drain"]
@@ -252,8 +268,15 @@ async def watcher_main(target: Target, cfg: dict[str, Any], proc: int, per_strea
                     early += 1
                     d = 0.0
                 hist.add(d)
-        return {"hist": hist.to_dict(), "hist_sent": hist_sent.to_dict(), "early": early,
-                "counts": counts, "lasts": lasts, "cpu": client_cpu, **st}
+        return {
+            "hist": hist.to_dict(),
+            "hist_sent": hist_sent.to_dict(),
+            "early": early,
+            "counts": counts,
+            "lasts": lasts,
+            "cpu": client_cpu,
+            **st,
+        }
     finally:
         for ch in channels:
             await ch.close()
@@ -274,16 +297,18 @@ class _Watch(Workload):
         ws = args.watchers or self.default_watchers
         ss = args.streams or self.default_streams
         if len(ws) != len(ss) and 1 not in (len(ws), len(ss)):
-            raise SystemExit("--watchers and --streams: give as many values each (paired), "
-                             "or one for either")
+            raise SystemExit(
+                "--watchers and --streams: give as many values each (paired), or one for either"
+            )
         n = max(len(ws), len(ss))
         ws, ss = (ws * n if len(ws) == 1 else ws), (ss * n if len(ss) == 1 else ss)
         out = []
         for w, s in zip(ws, ss, strict=True):
             if s > w:
                 raise SystemExit(f"--streams {s} > --watchers {w}")
-            out.append({"watchers": w, "streams": s, "clients": w,
-                        "label": f"watchers={w} streams={s}"})
+            out.append(
+                {"watchers": w, "streams": s, "clients": w, "label": f"watchers={w} streams={s}"}
+            )
         return out
 
     def run_round(self, target: Target, params: Params, rnd: int) -> dict[str, Any]:
@@ -292,31 +317,51 @@ class _Watch(Workload):
         max_writes = max(1, min(params.max_ops, int(total * rate) + 1))
         streams = max(1, params.streams)
         procs = max(1, min(params.procs, streams))
-        prefix = b"/registry/pods/bench-watch-%d-%s/" % (params.run_tag, os.urandom(4).hex()
-                                                          .encode())
-        cfg = {"prefix": prefix, "value_size": params.value_size, "rate": rate,
-               "warmup": params.warmup, "duration": params.duration, "max_writes": max_writes,
-               "nslots": max_writes + 64, "channels": params.channels, "drain": DRAIN_MAX}
+        prefix = b"/registry/pods/bench-watch-%d-%s/" % (
+            params.run_tag,
+            os.urandom(4).hex().encode(),
+        )
+        cfg = {
+            "prefix": prefix,
+            "value_size": params.value_size,
+            "rate": rate,
+            "warmup": params.warmup,
+            "duration": params.duration,
+            "max_writes": max_writes,
+            "nslots": max_writes + 64,
+            "channels": params.channels,
+            "drain": DRAIN_MAX,
+        }
         per_stream = _split(params.watchers, streams)
         stream_split = _split(streams, procs)
         lt = light(target)
         jobs: list[tuple[str, tuple[Any, ...]]] = [(f"{HERE}.writer_main", (lt, cfg))]
         at = 0
         for p in range(procs):
-            jobs.append((f"{HERE}.watcher_main",
-                         (lt, cfg, p, per_stream[at:at + stream_split[p]])))
+            jobs.append(
+                (f"{HERE}.watcher_main", (lt, cfg, p, per_stream[at : at + stream_split[p]]))
+            )
             at += stream_split[p]
 
         def make_shared(ctx: Any) -> dict[str, Any]:
-            return {"base": ctx.Value("q", 0, lock=False), "last": ctx.Value("q", 0, lock=False),
-                    "last_ack": ctx.Value("d", 0.0, lock=False),
-                    "done": ctx.Value("i", 0, lock=False),
-                    "rec_start": ctx.Value("d", 0.0, lock=False),
-                    "ack": ctx.Array("d", cfg["nslots"], lock=False),
-                    "sent": ctx.Array("d", cfg["nslots"], lock=False)}
+            return {
+                "base": ctx.Value("q", 0, lock=False),
+                "last": ctx.Value("q", 0, lock=False),
+                "last_ack": ctx.Value("d", 0.0, lock=False),
+                "done": ctx.Value("i", 0, lock=False),
+                "rec_start": ctx.Value("d", 0.0, lock=False),
+                "ack": ctx.Array("d", cfg["nslots"], lock=False),
+                "sent": ctx.Array("d", cfg["nslots"], lock=False),
+            }
 
-        results, win = run_procs(target, jobs, warmup=params.warmup, duration=params.duration,
-                                 timeout=DRAIN_MAX + total + 120, make_shared=make_shared)
+        results, win = run_procs(
+            target,
+            jobs,
+            warmup=params.warmup,
+            duration=params.duration,
+            timeout=DRAIN_MAX + total + 120,
+            make_shared=make_shared,
+        )
         writer, watchers = results[0], results[1:]
         hist, hist_sent = Hist(), Hist()
         for w in watchers:
@@ -356,9 +401,11 @@ class _Watch(Workload):
         errors = writer["errors"] + (1 if lost or dup or behind else 0)
         first_error = writer["first_error"]
         if not first_error and (lost or dup or behind):
-            first_error = (f"{lost} events lost, {dup} duplicated/out of order, {behind} "
-                           f"watchers short of the last revision {writer['last']} "
-                           f"(drain limit {DRAIN_MAX:.0f} s)")
+            first_error = (
+                f"{lost} events lost, {dup} duplicated/out of order, {behind} "
+                f"watchers short of the last revision {writer['last']} "
+                f"(drain limit {DRAIN_MAX:.0f} s)"
+            )
         if writer["late"]:
             figures["writer late"] = float(writer["late"])
         cpus = [writer["cpu"], *(w["cpu"] for w in watchers)]
@@ -370,8 +417,13 @@ class _Watch(Workload):
             "seconds": params.duration,
             "errors": errors,
             "first_error": first_error,
-            "counters": {"writes": writer["writes"], "acked": acked, "delivered": delivered,
-                         "responses": responses, "delay_samples": hist.count},
+            "counters": {
+                "writes": writer["writes"],
+                "acked": acked,
+                "delivered": delivered,
+                "responses": responses,
+                "delay_samples": hist.count,
+            },
             "client_cpu_per_proc": cpus,
             "client_saturated": max(cpus) >= 0.9,
             "machine_saturated": (win.machine_cpu or 0.0) >= 0.9 * (os.cpu_count() or 1),
@@ -383,8 +435,17 @@ class WatchLatency(_Watch):
     name = "watch-latency"
     summary = "1 watcher on a prefix, writer at a fixed rate: put-ack to event delay"
     default_rate = 200.0
-    figures = ("events/s", "p50 ms", "p99 ms", "max ms", "early %", "put p50 ms", "put p99 ms",
-               "lost", "duplicated")
+    figures = (
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "early %",
+        "put p50 ms",
+        "put p99 ms",
+        "lost",
+        "duplicated",
+    )
 
 
 class WatchFanout(_Watch):
@@ -394,5 +455,14 @@ class WatchFanout(_Watch):
     default_watchers = (1000, 10000)
     default_streams = (10, 100)
     default_procs = 2
-    figures = ("events/s", "p50 ms", "p99 ms", "put p99 ms", "server RSS MB", "events/response",
-               "drain s", "lost", "duplicated")
+    figures = (
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "put p99 ms",
+        "server RSS MB",
+        "events/response",
+        "drain s",
+        "lost",
+        "duplicated",
+    )
