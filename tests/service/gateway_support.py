@@ -109,7 +109,7 @@ class FakeStore:
         )
 
     @classmethod
-    async def open(cls, backend: Any, *, max_txn_ops: int = 128) -> FakeStore:
+    async def open(cls, backend: Any, *, max_txn_ops: int = 128, **_options: Any) -> FakeStore:
         store = cls(backend)
         cls.instances.append(store)
         return store
