@@ -172,6 +172,16 @@ if (args.key) options.key = fs.readFileSync(args.key);
 const server = createHttpsServer(options);
 server.keepAliveTimeout = 65000;
 server.headersTimeout = 66000;
+// COSMOS_TEST_LOG_REQUESTS=1: one line per request, "REQ <kind> <method> <path>" (kind: batch,
+// feed, query or plain), for tests that count what a gateway costs.
+if (process.env.COSMOS_TEST_LOG_REQUESTS) {
+  server.prependListener("request", (req) => {
+    const flag = (name) => String(req.headers[name] || "").toLowerCase() === "true";
+    const kind = flag("x-ms-cosmos-is-batch-request") ? "batch"
+      : req.headers["a-im"] ? "feed" : flag("x-ms-documentdb-isquery") ? "query" : "plain";
+    console.log(`REQ ${kind} ${req.method} ${req.url}`);
+  });
+}
 server.listen(args.port, args.host, () => {
   console.log(`Ready to accept HTTPS connections at ${args.host}:${server.address().port}`);
 });

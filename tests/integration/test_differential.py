@@ -6,7 +6,8 @@ exact message, must be identical once cluster_id, member_id and raft_term are ze
 (``support.driver.normalize``). etcdgw is driven two ways (parameter ``gw``):
 
 - ``store``: etcdgw's Store in-process (``StoreDriver``): the pure core and commit pipeline;
-- ``grpc``:  the ``python -m etcdgw serve`` subprocess over gRPC (``GrpcDriver``).
+- ``grpc``:  the ``python -m etcdgw serve`` subprocess over gRPC (``GrpcDriver``);
+- ``grpc-cosmos``: the same on the Cosmos backend (``--backend cosmos``, the Cosmos test server).
 
 Keyspace and revisions. Starting a fresh etcd+etcdgw pair per example would be far too slow, so
 each parameter gets one fresh pair (both at revision 1) and the examples run sequentially on it:
@@ -427,7 +428,7 @@ class Pair:
         return f"Pair(etcd vs {self.gw.name})"
 
 
-@pytest.fixture(scope="module", params=["store", "grpc"])
+@pytest.fixture(scope="module", params=["store", "grpc", "grpc-cosmos"])
 def pair(
     request: pytest.FixtureRequest,
     server_factory: Any,
@@ -442,7 +443,8 @@ def pair(
         if request.param == "store":
             gw: KvDriver = await StoreDriver.open(tmp_path_factory.mktemp("store"))
         else:
-            gw = GrpcDriver.connect(request.getfixturevalue("etcdgw_server"))
+            server = "etcdgw_server" if request.param == "grpc" else "etcdgw_cosmos_server"
+            gw = GrpcDriver.connect(request.getfixturevalue(server))
         return etcd, gw
 
     etcd, gw = runner.run(open_drivers())

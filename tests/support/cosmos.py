@@ -60,7 +60,10 @@ class LocalCosmos:
                 self.proc.wait(5)
 
 
-def start_local_cosmos() -> LocalCosmos:
+def start_local_cosmos(*, log_requests: bool = False) -> LocalCosmos:
+    """A server of its own (the session's is ``cosmos_endpoint``). ``log_requests``: it prints
+    ``REQ <kind> <method> <path>`` per request into ``lines`` (kind: batch, feed, query or
+    plain), for counting what a gateway costs."""
     node = shutil.which("node")
     if node is None:
         _unavailable("node is not on PATH (the Cosmos test server needs Node.js 20)")
@@ -69,6 +72,7 @@ def start_local_cosmos() -> LocalCosmos:
     proc = subprocess.Popen(
         [str(node), str(LAUNCHER), "--port", "0", "--host", "127.0.0.1"],
         cwd=SERVER_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "COSMOS_TEST_LOG_REQUESTS": "1"} if log_requests else None,
     )
     lines: list[str] = []
     q: queue.Queue[str | None] = queue.Queue()

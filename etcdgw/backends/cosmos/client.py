@@ -25,6 +25,7 @@ from azure.cosmos.documents import ConnectionPolicy
 from azure.cosmos.exceptions import (
     CosmosBatchOperationError,
     CosmosHttpResponseError,
+    CosmosResourceExistsError,
     CosmosResourceNotFoundError,
 )
 
@@ -116,18 +117,29 @@ class Container:
 
     async def _setup(self, client: CosmosClient) -> None:
         await self.call("connect", client.__aenter__)
-        db = await self.call(
+        db = await self._if_not_exists(
             "create database",
             lambda: client.create_database_if_not_exists(self.s.database),
         )
         create: dict[str, Any] = {"indexing_policy": INDEXING_POLICY}
         if self.s.throughput:
             create["offer_throughput"] = self.s.throughput
-        self._c = await self.call(
+        self._c = await self._if_not_exists(
             "create container",
             lambda: db.create_container_if_not_exists(
                 self.s.container, PartitionKey(path="/pk"), **create),
         )
+
+    async def _if_not_exists(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """The SDK's ``create_*_if_not_exists`` reads, then creates: gateways starting
+        together on a new database race between the two, and the losers get a 409. It exists
+        then; the next call reads it."""
+        for _ in range(3):
+            try:
+                return await self.call(what, fn)
+            except CosmosResourceExistsError:
+                continue
+        return await self.call(what, fn)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -154,7 +166,11 @@ class Container:
         while True:
             self.requests += 1
             try:
-                return await asyncio.wait_for(fn(), self.s.request_timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+                # arrives as fn() completes, and a cancelled tail then ran on forever (the
+                # gateway hung on close, SIGTERM included).
+                async with asyncio.timeout(self.s.request_timeout):
+                    return await fn()
             except CosmosBatchOperationError:
                 raise  # an answer: the caller reads the operations' statuses
             except CosmosResourceNotFoundError:

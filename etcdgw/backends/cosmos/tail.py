@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -143,14 +144,51 @@ class _State:
         return out
 
 
+class _Outage:
+    """Cosmos failing the tail's reads (after the request layer's own bounded retries): the
+    tail waits and reads again, for as long as it takes. Nothing restarts a tail that ended,
+    so ending it on a transient outage would leave the gateway behind for good (linearizable
+    reads timing out, watchers missing other gateways' writes); meanwhile reads and writes
+    fail UNAVAILABLE on their own. Only TailLost ends the tail."""
+
+    MAX_DELAY = 1.0
+
+    def __init__(self, b: CosmosBackend) -> None:
+        self.b = b
+        self.failures = 0
+        self.since = 0.0
+
+    async def wait(self, e: BackendError) -> None:
+        if isinstance(e, TailLost):
+            raise e
+        if self.failures == 0:
+            self.since = time.monotonic()
+            log.warning("tail: %s; reading again until Cosmos answers", e)
+        self.failures += 1
+        await asyncio.sleep(min(self.b.s.poll_interval * 2.0 ** min(self.failures, 8),
+                                self.MAX_DELAY))
+
+    def over(self) -> None:
+        if self.failures:
+            log.warning("tail: Cosmos answers again after %.1f s", time.monotonic() - self.since)
+            self.failures = 0
+
+
 async def follow(b: CosmosBackend, after_rev: int, token: str | None,
                  compact: int) -> AsyncIterator[Committed]:
     st = _State(after_rev, compact)
-    if token is None:
-        token = await feed_token_now(b)  # before the catch-up read: nothing falls between
-    st.see(await b._read_meta())
-    for d in await b.rev_docs(after=st.delivered, upto=st.meta_seen):
-        st.see(d)
+    outage = _Outage(b)
+    while True:
+        try:
+            if token is None:
+                token = await feed_token_now(b)  # before the catch-up read: nothing between
+            st.see(await b._read_meta())
+            for d in await b.rev_docs(after=st.delivered, upto=st.meta_seen):
+                st.see(d)
+            break
+        except BackendError as e:
+            await outage.wait(e)
+    outage.over()
     misses = 0
     while True:
         entries = st.ready()
@@ -158,21 +196,24 @@ async def follow(b: CosmosBackend, after_rev: int, token: str | None,
             await b.own_commits_returned()  # the store applies those first (see there)
         for entry in entries:
             yield entry
-        docs, new_token = await _read_feed(b, continuation=token)
-        token = new_token or token
-        for d in docs:
-            st.see(d)
-        if st.missing():
-            for d in await b.rev_docs(after=st.delivered, upto=st.meta_seen):
+        try:
+            docs, new_token = await _read_feed(b, continuation=token)
+            token = new_token or token
+            for d in docs:
                 st.see(d)
             if st.missing():
-                misses += 1
-                if st.compact_seen > st.delivered or misses > MISSING_POLLS:
-                    raise TailLost(
-                        f"cosmos: revision {st.delivered + 1} is gone from the log (compacted "
-                        f"at {st.compact_seen}) before this gateway read it; reload")
-            else:
-                misses = 0
+                for d in await b.rev_docs(after=st.delivered, upto=st.meta_seen):
+                    st.see(d)
+        except BackendError as e:
+            await outage.wait(e)
+            continue
+        outage.over()
+        if st.missing():
+            misses += 1
+            if st.compact_seen > st.delivered or misses > MISSING_POLLS:
+                raise TailLost(
+                    f"cosmos: revision {st.delivered + 1} is gone from the log (compacted "
+                    f"at {st.compact_seen}) before this gateway read it; reload")
         else:
             misses = 0
         if not docs:
