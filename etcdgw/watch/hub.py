@@ -15,7 +15,10 @@ A catching-up watcher that compaction overtakes is cancelled with ``compact_revi
 
 Matching does not visit every watcher per event: single-key watchers are found by dict lookup,
 range watchers are grouped by their exact range (Kubernetes runs many watchers per resource
-prefix), and each group's events are encoded once per distinct option set.
+prefix), and each group's events are encoded once per distinct option set. Only synced watchers
+are in that index. Replay shares work the same way: the watchers of a slow stream fall behind
+together, at the same revision, so a catch-up window (range, start revision, options) is built
+and encoded once and every watcher replaying it gets the same event bytes (:class:`_Window`).
 """
 
 from __future__ import annotations
@@ -40,9 +43,32 @@ LOW_WATER_RESPONSES = 128  # catch-up resumes once the queue is this short
 CATCH_UP_REVISIONS = 1000  # distinct revisions in one catch-up response (W16)
 MERGE_BYTES = 256 << 10  # a queued event response takes later revisions up to this size
 REPLAY_CACHE_REVISIONS = 4096  # encoded revisions kept for watchers replaying the same history
+REPLAY_WINDOWS = 256  # catch-up windows kept for watchers replaying the same history
 
 HeaderFn = Callable[[int], bytes]
 GroupKey = tuple[bytes, bytes | None]
+WindowKey = tuple[KeyRange, int, bool, bool, bool]
+
+
+class _Window:
+    """One catch-up step, shared by every watcher of one key range and option set replaying
+    from the same revision R (:meth:`WatchHub.window`): the framed events of revisions R ..
+    ``next_rev - 1`` (``revs`` of them had events), read while the store was at ``cur``, and the
+    header for ``cur``. It stays exact while the store is at ``cur``, and for good when it ended
+    before the log's end (``full``, CATCH_UP_REVISIONS revisions): later revisions do not change
+    earlier ones. Never mutated: a watcher's queued response copies the list (W15, W16)."""
+
+    __slots__ = ("cur", "events", "full", "header", "next_rev", "revs", "size")
+
+    def __init__(self, events: list[bytes], revs: int, next_rev: int, cur: int, header: bytes,
+                 full: bool) -> None:
+        self.events = events
+        self.size = sum(map(len, events))
+        self.revs = revs
+        self.next_rev = next_rev
+        self.cur = cur
+        self.header = header
+        self.full = full
 
 
 class _Pending:
@@ -102,6 +128,8 @@ class WatchHub:
         self.streams: set[WatchStream] = set()
         # rev -> its encoded events, shared by every watcher replaying that revision.
         self._replay_cache: dict[int, EventCache] = {}
+        self._windows: dict[WindowKey, _Window] = {}
+        self._demoted: list[Watcher] = []  # fell behind during on_apply: leave the index after
         self._ticker: asyncio.Task[None] | None = None
 
     @property
@@ -153,6 +181,15 @@ class WatchHub:
 
     def on_apply(self, rev: int, changes: list[Version]) -> None:
         """A durable revision, just applied to the replica: deliver it to synced watchers."""
+        try:
+            self._apply(rev, changes)
+        finally:
+            if self._demoted:
+                for w in self._demoted:
+                    self._remove(w)
+                self._demoted.clear()
+
+    def _apply(self, rev: int, changes: list[Version]) -> None:
         hits: dict[Watcher, list[int]] | None = None
         groups: list[tuple[Iterable[Watcher], list[int]]] = []
         if self._single:
@@ -178,6 +215,8 @@ class WatchHub:
         for members, idx in groups:
             encoded: dict[tuple[bool, bool, bool], list[bytes]] = {}
             for w in members:
+                if rev < w.next_rev:
+                    continue  # a future start revision (W11)
                 opts = (w.prev_kv, w.noput, w.nodelete)
                 evs = encoded.get(opts)
                 if evs is None:
@@ -198,6 +237,46 @@ class WatchHub:
             self._remember(cache)
         return cache
 
+    def window(self, w: Watcher) -> _Window:
+        """The catch-up window of ``w`` (from ``w.next_rev``, not compacted), built once for
+        every watcher with the same range and options replaying from the same revision."""
+        replica = self.replica
+        cur = replica.rev
+        key = (w.kr, w.next_rev, w.prev_kv, w.noput, w.nodelete)
+        win = self._windows.get(key)
+        if win is not None and (win.full or win.cur == cur):
+            return win
+        log_ = replica.log
+        i = bisect.bisect_left(log_, w.next_rev, key=lambda e: e[0])
+        j = min(len(log_), i + CATCH_UP_REVISIONS)
+        events: list[bytes] = []
+        revs = 0
+        kr, prev_kv, noput, nodelete = w.kr, w.prev_kv, w.noput, w.nodelete
+        single, start, end = kr.single, kr.start, kr.end
+        event_cache = self.event_cache
+        for rev, changes in log_[i:j]:
+            cache: EventCache | None = None
+            for n, v in enumerate(changes):
+                k = v.key
+                if single:
+                    if k != start:
+                        continue
+                elif k < start or (end is not None and k >= end):
+                    continue
+                if nodelete if v.version == 0 else noput:
+                    continue
+                if cache is None:
+                    cache = event_cache(rev, changes)
+                    revs += 1
+                events.append(cache.event(n, prev_kv))
+        full = j < len(log_)
+        next_rev = log_[j - 1][0] + 1 if full else cur + 1
+        win = _Window(events, revs, next_rev, cur, self.header(cur), full)
+        if len(self._windows) >= REPLAY_WINDOWS:
+            self._windows.clear()
+        self._windows[key] = win
+        return win
+
     @staticmethod
     def _events(cache: EventCache, w: Watcher, idx: list[int]) -> list[bytes]:
         ch = cache.changes
@@ -210,6 +289,7 @@ class WatchHub:
         if s.over_high_water():
             w.synced = False
             w.next_rev = rev
+            self._demoted.append(w)  # out of the index once on_apply is done with it
             s.wake_catch_up()
             return
         w.next_rev = rev + 1
@@ -219,6 +299,7 @@ class WatchHub:
 
     def on_compact(self, rev: int) -> None:
         """Compaction at ``rev``: catching-up watchers below it are cancelled (W08, C07)."""
+        self._windows.clear()
         for s in list(self.streams):
             for w in list(s.watchers.values()):
                 if not w.synced and w.next_rev < rev:
@@ -273,14 +354,15 @@ class WatchStream:
         self._epoch += 1
         self._queued(data, len(data))
 
-    def push_events(self, w: Watcher, header: bytes, events: list[bytes],
-                    revs: int = 1) -> None:
+    def push_events(self, w: Watcher, header: bytes, events: list[bytes], revs: int = 1,
+                    size: int = -1) -> None:
         """Events of ``revs`` whole revisions for ``w``. While its previous event response is
         still queued (the client reads slower than revisions arrive) they join it, with the
         later header: fewer, larger responses for a slow reader, same order (W15, W16)."""
         if self.closed:
             return
-        size = sum(map(len, events))
+        if size < 0:
+            size = sum(map(len, events))
         p = w.pending
         if (p is not None and p.epoch == self._epoch and p.size + size <= MERGE_BYTES
                 and p.revs + revs <= CATCH_UP_REVISIONS):
@@ -363,7 +445,8 @@ class WatchStream:
                     noput=0 in fs, nodelete=1 in fs, progress_notify=progress_notify,
                     fragment=fragment)
         self.watchers[watch_id] = w
-        self.hub._add(w)
+        if synced:
+            self.hub._add(w)
         self.push(response(header(cur), watch_id, created_=True))
         if not synced:
             self.wake_catch_up()
@@ -428,28 +511,18 @@ class WatchStream:
         """One catch-up step for ``w``: at most CATCH_UP_REVISIONS revisions from history, in
         one response; synced again when it reaches the current revision. Runs without awaiting,
         so no revision can be applied between the replay's end and the switch to live."""
-        replica = self.hub.replica
+        hub = self.hub
+        replica = hub.replica
         if w.next_rev < replica.compact_rev:
             self.cancel_compacted(w, replica.compact_rev)
             return
-        log_ = replica.log
-        i = bisect.bisect_left(log_, w.next_rev, key=lambda e: e[0])
-        j = min(len(log_), i + CATCH_UP_REVISIONS)
-        events: list[bytes] = []
-        revs = 0
-        kr, event_cache = w.kr, self.hub.event_cache
-        for rev, changes in log_[i:j]:
-            cache: EventCache | None = None
-            for n, v in enumerate(changes):
-                if v.key in kr and w.wants(v):
-                    if cache is None:
-                        cache = event_cache(rev, changes)
-                        revs += 1
-                    events.append(cache.event(n, w.prev_kv))
+        win = hub.window(w)
         cur = replica.rev
-        w.next_rev = log_[j - 1][0] + 1 if j < len(log_) else cur + 1
-        if events:
+        w.next_rev = win.next_rev
+        if win.events:
             w.sent = True
-            self.push_events(w, self.hub.header(cur), events, revs)
+            header = win.header if win.cur == cur else hub.header(cur)
+            self.push_events(w, header, win.events, win.revs, win.size)
         if w.next_rev > cur:
             w.synced = True
+            hub._add(w)
