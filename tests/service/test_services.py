@@ -9,60 +9,14 @@ import pytest
 from gateway_support import FakeStore, expect_error, raw_call
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
+from support.catalogue import DECLARED_METHODS
 
 from etcdgw import Gateway
 from etcdgw._proto import etcdserverpb as pb
 from etcdgw._proto.grpc.health import v1 as health
 from etcdgw.server.boundary import catalogue
 
-DECLARED = {
-    "etcdserverpb.KV": ["Range", "Put", "DeleteRange", "Txn", "Compact"],
-    "etcdserverpb.Watch": ["Watch"],
-    "etcdserverpb.Lease": [
-        "LeaseGrant",
-        "LeaseRevoke",
-        "LeaseKeepAlive",
-        "LeaseTimeToLive",
-        "LeaseLeases",
-    ],
-    "etcdserverpb.Cluster": [
-        "MemberAdd",
-        "MemberRemove",
-        "MemberUpdate",
-        "MemberList",
-        "MemberPromote",
-    ],
-    "etcdserverpb.Maintenance": [
-        "Alarm",
-        "Status",
-        "Defragment",
-        "Hash",
-        "HashKV",
-        "Snapshot",
-        "MoveLeader",
-        "Downgrade",
-    ],
-    "etcdserverpb.Auth": [
-        "AuthEnable",
-        "AuthDisable",
-        "AuthStatus",
-        "Authenticate",
-        "UserAdd",
-        "UserGet",
-        "UserList",
-        "UserDelete",
-        "UserChangePassword",
-        "UserGrantRole",
-        "UserRevokeRole",
-        "RoleAdd",
-        "RoleGet",
-        "RoleList",
-        "RoleDelete",
-        "RoleGrantPermission",
-        "RoleRevokePermission",
-    ],
-    "grpc.health.v1.Health": ["Check", "Watch"],
-}
+DECLARED = DECLARED_METHODS
 ALL_PATHS = {f"/{service}/{method}" for service, methods in DECLARED.items() for method in methods}
 
 IMPLEMENTED = {

@@ -18,6 +18,7 @@ from typing import Any
 import betterproto2
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from support.catalogue import DECLARED_METHODS
 
 from etcdgw._proto import authpb, etcdserverpb, mvccpb
 from etcdgw.server.codec import CodecDecodeError, EtcdCodec, Preencoded
@@ -443,54 +444,7 @@ def test_oneof_which(upb: UpbFactory) -> None:
     assert betterproto2.which_one_of(req, "request_union")[0] == "progress_request"
 
 
-SERVICES = {
-    "etcdserverpb.KV": ["Range", "Put", "DeleteRange", "Txn", "Compact"],
-    "etcdserverpb.Watch": ["Watch"],
-    "etcdserverpb.Lease": [
-        "LeaseGrant",
-        "LeaseRevoke",
-        "LeaseKeepAlive",
-        "LeaseTimeToLive",
-        "LeaseLeases",
-    ],
-    "etcdserverpb.Cluster": [
-        "MemberAdd",
-        "MemberRemove",
-        "MemberUpdate",
-        "MemberList",
-        "MemberPromote",
-    ],
-    "etcdserverpb.Maintenance": [
-        "Alarm",
-        "Status",
-        "Defragment",
-        "Hash",
-        "HashKV",
-        "Snapshot",
-        "MoveLeader",
-        "Downgrade",
-    ],
-    "etcdserverpb.Auth": [
-        "AuthEnable",
-        "AuthDisable",
-        "AuthStatus",
-        "Authenticate",
-        "UserAdd",
-        "UserGet",
-        "UserList",
-        "UserDelete",
-        "UserChangePassword",
-        "UserGrantRole",
-        "UserRevokeRole",
-        "RoleAdd",
-        "RoleGet",
-        "RoleList",
-        "RoleDelete",
-        "RoleGrantPermission",
-        "RoleRevokePermission",
-    ],
-    "grpc.health.v1.Health": ["Check", "Watch"],
-}
+SERVICES = DECLARED_METHODS
 STREAMING = {
     "/etcdserverpb.Watch/Watch": (True, True),
     "/etcdserverpb.Lease/LeaseKeepAlive": (True, True),
