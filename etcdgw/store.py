@@ -330,6 +330,9 @@ class Store:
                     await self._backend.commit(expected, ov.revisions, compact_rev,
                                                leases=[change for _, change in lb.changes])
                 except CommitConflict:
+                    poke = getattr(self._backend, "poke", None)
+                    if poke is not None:
+                        poke()  # read the log now: another gateway's commit is there
                     if not await self._wait_rev(expected + 1):
                         self._fail(pending, errors.TIMEOUT)
                         return

@@ -85,6 +85,7 @@ class _Orphans(Exception):
 class CosmosBackend:
     def __init__(self, settings: CosmosSettings, *, transport: Any = None) -> None:
         self.s = settings
+        self._poke = asyncio.Event()
         self.c = Container(settings, transport=transport)
         self._meta: Doc | None = None
         self._opened = False
@@ -549,6 +550,20 @@ class CosmosBackend:
         return await self.c.query("SELECT * FROM c WHERE c.pk = @pk AND c.type = 'member'")
 
     # -- leases across gateways (etcdgw.lease.manager's SharedLeases) -----------------------
+
+    def poke(self) -> None:
+        """Read the change feed now rather than at the next poll: the store lost a commit to
+        another gateway and waits for the tail to bring that gateway's revisions in."""
+        self._poke.set()
+
+    async def poked(self, at_most: float) -> None:
+        """The tail's idle wait: ``at_most`` seconds, or less if poked."""
+        try:
+            async with asyncio.timeout(at_most):  # (3.11's wait_for can swallow a cancel)
+                await self._poke.wait()
+        except TimeoutError:
+            pass
+        self._poke.clear()
 
     async def claim_lease_owner(self, member_id: int, ttl: float) -> bool:
         await self._open()

@@ -217,4 +217,4 @@ async def follow(b: CosmosBackend, after_rev: int, token: str | None,
         else:
             misses = 0
         if not docs:
-            await asyncio.sleep(b.s.poll_interval)
+            await b.poked(b.s.poll_interval)
