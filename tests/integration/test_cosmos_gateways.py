@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ from support.cosmos import (
     gateway_args,
     new_database,
     settings_for,
+    start_local_cosmos,
 )
 from support.driver import Failure, GrpcDriver
 from support.etcdctl import Etcdctl
@@ -147,16 +151,17 @@ class Cluster:
 
     def start_all(self, n: int) -> list[Server]:
         with ThreadPoolExecutor(n) as pool:  # ~1 s each, mostly imports: in parallel
-            started = list(pool.map(lambda i: start_etcdgw(
-                self.root / f"gw{i}-0", name=f"gw{i}",
-                extra_args=gateway_args(self.endpoint, self.database)), range(n)))
-        self.servers = started
-        return started
+            futures = [pool.submit(start_etcdgw, self.root / f"gw{i}-0", name=f"gw{i}",
+                                   extra_args=gateway_args(self.endpoint, self.database))
+                       for i in range(n)]
+        # Those that started are stopped by stop() even if another one failed.
+        self.servers = [f.result() for f in futures if f.exception() is None]
+        return [f.result() for f in futures]
 
     def stop(self) -> None:
         try:
             for server in self.servers:
-                if server.process.poll() is None or not server.stopped:
+                if not server.stopped:
                     server.stop(expect_clean_exit=server.process.poll() is None)
         finally:
             drop_database_now(self.endpoint, self.database)
@@ -330,9 +335,9 @@ def test_etcdctl_with_all_three_endpoints(trio: Cluster, etcdctl_for: Callable[.
         name = f"gw{urls.index(s['Endpoint'])}"
         assert s["Status"]["header"]["member_id"] == by_name[name]["ID"]
         assert s["Status"]["version"] and s["Status"]["header"]["revision"] >= 1
-    health = ctl("endpoint", "health").stdout + ctl("endpoint", "health").stderr
-    for url in urls:
-        assert f"{url} is healthy" in health
+    health = ctl("endpoint", "health")
+    for url in urls:  # etcdctl 3.4 prints the healthy endpoints on stderr
+        assert f"{url} is healthy" in health.stdout + health.stderr
 
 
 async def test_member_list_over_grpc_shows_all_three(trio: Cluster) -> None:
@@ -556,3 +561,80 @@ async def test_backend_503s_answer_unavailable_then_recover(
     finally:
         healthy.stop()
         drop_database_now(cosmos_endpoint, database)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a gateway costs in Cosmos requests (measured and printed, never asserted)
+
+
+def _kind(line: str) -> str:
+    """``REQ <kind> <method> <path>`` -> batch, feed, query, or read/write of a document
+    (meta; owner: the lease expiry owner; renew: keepalives) or an upsert (the heartbeat)."""
+    _, kind, method, path = line.split(" ", 3)
+    if kind != "plain":
+        return kind
+    path = path.rstrip("/")
+    if path.endswith("/docs"):
+        return "upsert (heartbeat)" if method == "POST" else f"{method} docs"
+    doc = path.rsplit("/docs/", 1)[-1] if "/docs/" in path else path
+    doc = re.sub(r"^m\d+$", "member", re.sub(r"^renew-.*", "renew", doc))
+    return f"{'read' if method == 'GET' else 'write'} {doc}"
+
+
+async def _measure(lines: list[str], server: Server) -> list[tuple[str, float, dict[str, float]]]:
+    kv = GrpcDriver.connect(server)
+    rows: list[tuple[str, float, dict[str, float]]] = []
+
+    async def phase(name: str, n: int, op: Callable[[int], Awaitable[Any]]) -> None:
+        await asyncio.sleep(0.3)  # what came before has been logged
+        start, t0 = len(lines), time.monotonic()
+        for i in range(n):
+            await op(i)
+        seconds = time.monotonic() - t0
+        await asyncio.sleep(0.1)
+        counts = Counter(_kind(line) for line in lines[start:] if line.startswith("REQ "))
+        rows.append((name, seconds / n, {k: v / n for k, v in sorted(counts.items())}))
+
+    async def put(i: int) -> None:
+        ok(await kv.put(pb.PutRequest(key=b"/m/put", value=b"%d" % i)))
+
+    async def update(i: int) -> None:
+        await k8s_update(kv, b"/m/put", b"u%d" % i)
+
+    async def linearizable(i: int) -> None:
+        ok(await kv.range(pb.RangeRequest(key=b"/m/put")))
+
+    async def serializable(i: int) -> None:
+        ok(await kv.range(pb.RangeRequest(key=b"/m/put", serializable=True)))
+
+    try:
+        await put(0)
+        await phase("idle second", 6, lambda i: asyncio.sleep(1.0))
+        await phase("Put", 30, put)
+        await phase("k8s update (Range + Txn)", 30, update)
+        await phase("linearizable Range", 30, linearizable)
+        await phase("serializable Range", 30, serializable)
+    finally:
+        await kv.close()
+    return rows
+
+
+def test_requests_per_operation(tmp_path: Path) -> None:
+    """Cosmos requests a gateway sends per etcd operation (sequential, one client), counted
+    by the Cosmos test server itself (COSMOS_TEST_LOG_REQUESTS). Each row is per operation;
+    feed polls go on at the idle rate meanwhile. Printed (run with -s), never asserted."""
+    cosmos = start_local_cosmos(log_requests=True)
+    try:
+        server = start_etcdgw(tmp_path / "gw", name="m",
+                              extra_args=gateway_args(cosmos.url, new_database()))
+        try:
+            rows = asyncio.run(_measure(cosmos.lines, server))
+        finally:
+            server.stop()
+    finally:
+        cosmos.stop()
+    print("\nCosmos requests per operation (one gateway, sequential; poll interval 50 ms):")
+    for name, seconds, counts in rows:
+        total = sum(counts.values())
+        detail = ", ".join(f"{k} {v:.2f}" for k, v in counts.items())
+        print(f"  {name:26} {total:6.2f}  ({detail}; {seconds * 1000:.1f} ms each)")
