@@ -29,6 +29,7 @@ from etcdgw.backends.base import (
     LeaseChange,
     RequestTooLarge,
     SharedBackend,
+    TailLost,
 )
 from etcdgw.lease.table import LeaseTable, effective_ttl
 from etcdgw.mvcc.keys import KeyRange
@@ -192,6 +193,8 @@ class Store:
                 try:
                     await task
                 except asyncio.CancelledError:
+                    pass
+                except Exception:  # already logged where it happened
                     pass
 
     # -- identity and headers --------------------------------------------------------------
@@ -442,7 +445,8 @@ class Store:
             if left <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._advanced.wait(), left)
+                async with asyncio.timeout(left):  # (3.11's wait_for can swallow a cancel)
+                    await self._advanced.wait()
             except TimeoutError:
                 return False
         return True
@@ -453,13 +457,30 @@ class Store:
 
     async def _follow(self, backend: SharedBackend, after: int) -> None:
         """The one tail reader of this gateway (rule 4): every commit, ours included, in log
-        order. Ours were applied when they committed, so their revisions are skipped here."""
-        async for entry in backend.tail(after):
+        order. Ours were applied when they committed, so their revisions are skipped here.
+
+        A tail that fails is started again from the replica's revision. One that cannot go
+        on (the log was compacted past what this gateway has: the backend's TailLost) stops:
+        linearizable reads and writes then time out UNAVAILABLE, and a restart reloads."""
+        while True:
             try:
-                self._apply_entry(entry)
-            except Exception:
-                log.exception("applying revision %d from the log failed", entry.rev)
+                async for entry in backend.tail(after):
+                    try:
+                        self._apply_entry(entry)
+                    except Exception:
+                        log.exception("applying revision %d from the log failed", entry.rev)
+                        raise
+                return
+            except asyncio.CancelledError:
                 raise
+            except Exception as e:
+                if isinstance(e, TailLost):
+                    log.error("this gateway can no longer follow the log (%s): restart it", e)
+                    return
+                log.exception("following the log failed; starting again from revision %d",
+                              self.replica.rev)
+                after = self.replica.rev
+                await asyncio.sleep(1.0)
 
     def _apply_entry(self, entry: Committed) -> None:
         replica = self.replica

@@ -23,6 +23,7 @@ __all__ = [
     "RequestTooLarge",
     "Revision",
     "SharedBackend",
+    "TailLost",
 ]
 
 # One revision's changes, in execution order.
@@ -38,6 +39,11 @@ class BackendError(Exception):
 
 class CommitConflict(BackendError):
     """The backend's revision is no longer the one the batch was evaluated against."""
+
+
+class TailLost(BackendError):
+    """A shared log's tail cannot continue without a gap (revisions this gateway never saw
+    were compacted away): only a reload can bring the replica back."""
 
 
 class RequestTooLarge(BackendError):

@@ -33,7 +33,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from etcdgw.backends.base import BackendError, Committed, LeaseChange, Revision
+from etcdgw.backends.base import BackendError, Committed, LeaseChange, Revision, TailLost
 from etcdgw.backends.cosmos import model as m
 
 if TYPE_CHECKING:
@@ -47,10 +47,6 @@ Doc = dict[str, Any]
 PAGE = 100
 #: Polls a confirmed revision may stay missing before the reader gives up (TailLost).
 MISSING_POLLS = 100
-
-
-class TailLost(BackendError):
-    """The tail cannot continue without a gap (revisions it never saw were compacted away)."""
 
 
 async def _read_feed(b: CosmosBackend, **start: Any) -> tuple[list[Doc], str | None]:
