@@ -23,9 +23,9 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-# pytest's exit status 5 means it ran no test: that is a failure here too (make fails on any
-# non-zero status), and it says so.
-test: install
+# The whole check: lint, strict typing, then every test. pytest's exit status 5 means it ran no
+# test: that is a failure here too (make fails on any non-zero status), and it says so.
+test: lint typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS) || { rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no tests (exit status 5)" >&2; fi; exit $$rc; }
 
