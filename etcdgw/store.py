@@ -30,6 +30,7 @@ from etcdgw.backends.base import (
     RequestTooLarge,
     SharedBackend,
     TailLost,
+    Throttled,
 )
 from etcdgw.lease.table import LeaseTable, effective_ttl
 from etcdgw.mvcc.keys import KeyRange
@@ -354,7 +355,8 @@ class Store:
                     continue
                 except BackendError as e:
                     log.error("commit of revisions %d..%d failed: %s", expected + 1, ov.rev, e)
-                    self._fail(pending, errors.TIMEOUT)
+                    throttled = isinstance(e, Throttled)
+                    self._fail(pending, errors.TOO_MANY_REQUESTS if throttled else errors.TIMEOUT)
                     return
                 for on_commit in self.commit_listeners:
                     on_commit(len(done), time.perf_counter() - commit_started)
@@ -415,7 +417,8 @@ class Store:
             target = await self._shared.committed_revision()
         except BackendError as e:
             log.warning("read barrier failed: %s", e)
-            raise errors.TIMEOUT from None
+            throttled = isinstance(e, Throttled)
+            raise (errors.TOO_MANY_REQUESTS if throttled else errors.TIMEOUT) from None
         if not await self._wait_rev(target):
             raise errors.TIMEOUT
 

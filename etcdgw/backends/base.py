@@ -24,6 +24,7 @@ __all__ = [
     "Revision",
     "SharedBackend",
     "TailLost",
+    "Throttled",
 ]
 
 # One revision's changes, in execution order.
@@ -39,6 +40,11 @@ class BackendError(Exception):
 
 class CommitConflict(BackendError):
     """The backend's revision is no longer the one the batch was evaluated against."""
+
+
+class Throttled(BackendError):
+    """The backend kept refusing for load (Cosmos 429) past its retries; nothing was applied.
+    Clients get RESOURCE_EXHAUSTED ``etcdserver: too many requests`` (contract E05, E14)."""
 
 
 class TailLost(BackendError):

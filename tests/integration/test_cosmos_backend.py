@@ -336,6 +336,24 @@ async def test_throttled_commit_waits_and_retries(faulty: tuple[Any, Any, Any]) 
     await _check_log(settings, h)
 
 
+async def test_persistent_throttling_is_throttled_and_leaves_nothing(
+        faulty: tuple[Any, Any, Any]) -> None:
+    """429 past the retries: Throttled (the store answers RESOURCE_EXHAUSTED ``too many
+    requests``, contract E05/E14), and the log is as before."""
+    from etcdgw.backends.base import Throttled
+    from support.cosmos_faults import is_batch, is_meta_read
+
+    b, t, settings = faulty
+    t.status(is_batch, 429, retry_after_ms=1, times=1000)
+    h = History()
+    with pytest.raises(Throttled):
+        await b.commit(1, [h.next([(b"k", b"v", 0)])], None)
+    t.status(is_meta_read, 429, retry_after_ms=1, times=1000)
+    with pytest.raises(Throttled):
+        await b.committed_revision()
+    await _check_log(settings, History())  # nothing of the refused commit was written
+
+
 async def test_unavailable_and_hanging_reads_are_retried(faulty: tuple[Any, Any, Any]) -> None:
     from support.cosmos_faults import is_meta_read
 

@@ -29,7 +29,7 @@ from azure.cosmos.exceptions import (
     CosmosResourceNotFoundError,
 )
 
-from etcdgw.backends.base import BackendError
+from etcdgw.backends.base import BackendError, Throttled
 from etcdgw.backends.cosmos.model import PK
 from etcdgw.backends.cosmos.settings import CosmosSettings
 
@@ -156,7 +156,9 @@ class Container:
 
     def error(self, what: str, e: BaseException) -> BackendError:
         text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        return BackendError(self.s.scrub(f"cosmos {what}: {text}"))
+        throttled = isinstance(e, CosmosHttpResponseError) and e.status_code == 429
+        kind = Throttled if throttled else BackendError
+        return kind(self.s.scrub(f"cosmos {what}: {text}"))
 
     async def call(self, what: str, fn: Callable[[], Awaitable[T]], *,
                    write: bool = False) -> T:
