@@ -340,8 +340,9 @@ async def test_persistent_throttling_is_throttled_and_leaves_nothing(
         faulty: tuple[Any, Any, Any]) -> None:
     """429 past the retries: Throttled (the store answers RESOURCE_EXHAUSTED ``too many
     requests``, contract E05/E14), and the log is as before."""
-    from etcdgw.backends.base import Throttled
     from support.cosmos_faults import is_batch, is_meta_read
+
+    from etcdgw.backends.base import Throttled
 
     b, t, settings = faulty
     t.status(is_batch, 429, retry_after_ms=1, times=1000)
