@@ -184,10 +184,10 @@ def measure(
                 tag += 1
                 params = params_for(wl, args, level, tag)
                 if wl.stream:
-                    runs.append(wl.run_round(t, params, rnd))  # type: ignore[attr-defined]
+                    runs.append(wl.run_round(t, params, rnd))
                     figures = runs[-1]["figures"]
                 elif wl.custom:
-                    figures = wl.run_round(t, params)  # type: ignore[attr-defined]
+                    figures = wl.run_round(t, params, rnd)
                     runs.append(
                         {
                             "target": t.name,

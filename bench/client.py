@@ -50,43 +50,27 @@ class Kv:
                 ch = grpc.aio.insecure_channel(target.endpoint, opts)
             self._channels.append(ch)
         self._range_raw = [c.unary_unary("/etcdserverpb.KV/Range") for c in self._channels]
-        self._range = [
-            c.unary_unary(
-                "/etcdserverpb.KV/Range",
-                request_serializer=rpc_pb2.RangeRequest.SerializeToString,
-                response_deserializer=rpc_pb2.RangeResponse.FromString,
-            )
-            for c in self._channels
-        ]
-        self._put = [
-            c.unary_unary(
-                "/etcdserverpb.KV/Put",
-                request_serializer=rpc_pb2.PutRequest.SerializeToString,
-                response_deserializer=rpc_pb2.PutResponse.FromString,
-            )
-            for c in self._channels
-        ]
-        self._txn = [
-            c.unary_unary(
-                "/etcdserverpb.KV/Txn",
-                request_serializer=rpc_pb2.TxnRequest.SerializeToString,
-                response_deserializer=rpc_pb2.TxnResponse.FromString,
-            )
-            for c in self._channels
-        ]
-        self._delete = [
-            c.unary_unary(
-                "/etcdserverpb.KV/DeleteRange",
-                request_serializer=rpc_pb2.DeleteRangeRequest.SerializeToString,
-                response_deserializer=rpc_pb2.DeleteRangeResponse.FromString,
-            )
-            for c in self._channels
-        ]
+        self._range = self._stubs("KV/Range", rpc_pb2.RangeRequest, rpc_pb2.RangeResponse)
+        self._put = self._stubs("KV/Put", rpc_pb2.PutRequest, rpc_pb2.PutResponse)
+        self._txn = self._stubs("KV/Txn", rpc_pb2.TxnRequest, rpc_pb2.TxnResponse)
+        self._delete = self._stubs(
+            "KV/DeleteRange", rpc_pb2.DeleteRangeRequest, rpc_pb2.DeleteRangeResponse)
         self._status = self._channels[0].unary_unary(
             "/etcdserverpb.Maintenance/Status",
             request_serializer=rpc_pb2.StatusRequest.SerializeToString,
             response_deserializer=rpc_pb2.StatusResponse.FromString,
         )
+
+    def _stubs(self, method: str, request: Any, response: Any) -> list[Any]:
+        """One unary callable of ``/etcdserverpb.<method>`` per channel."""
+        return [
+            c.unary_unary(
+                f"/etcdserverpb.{method}",
+                request_serializer=request.SerializeToString,
+                response_deserializer=response.FromString,
+            )
+            for c in self._channels
+        ]
 
     @property
     def nchannels(self) -> int:

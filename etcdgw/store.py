@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from etcdgw import errors
 from etcdgw.backends.base import (
@@ -137,7 +137,7 @@ class Store:
         self.commit_listeners: list[Callable[[int, float], None]] = []
         # Several gateways on one log (Cosmos): other gateways' commits arrive by the tail.
         self._shared: SharedBackend | None = (
-            backend if hasattr(backend, "tail") else None  # type: ignore[assignment]
+            cast(SharedBackend, backend) if hasattr(backend, "tail") else None
         )
         self._follower: asyncio.Task[None] | None = None
         # Our own lease changes, applied when they committed, that the tail will bring back:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from bench.client import Kv
+from bench.targets import Target
 
 #: One operation: returns the number of response bytes (for MB/s figures).
 OpFn = Callable[[], Awaitable[int]]
@@ -81,6 +82,11 @@ class Workload:
     stream: ClassVar[bool] = False
     default_procs: ClassVar[int] = 1
     implemented: ClassVar[bool] = True
+
+    def run_round(self, target: Target, params: Params, rnd: int) -> dict[str, Any]:
+        """For ``custom`` and ``stream`` workloads: one whole measured round against
+        ``target``; ``custom`` ones return their figures, ``stream`` ones a run record."""
+        raise NotImplementedError(f"{self.name} has an ops loop, not run_round")
 
     def levels(self, args: Any) -> list[dict[str, Any]]:
         """The parameter sets measured one after the other (each: Params overrides, plus a

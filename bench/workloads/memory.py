@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from bench.client import Kv
 from bench.targets import Target
@@ -27,7 +28,7 @@ class Memory(Workload):
     custom = True
     figures = ("RSS MB", "bytes/key", "load s", "restart s", "RSS after restart MB")
 
-    def run_round(self, target: Target, params: Params) -> dict[str, float]:
+    def run_round(self, target: Target, params: Params, rnd: int = 0) -> dict[str, Any]:
         if not target.started:
             raise RuntimeError("memory: only for targets started by the bench (--start)")
         target.reset()
