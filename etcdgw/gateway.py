@@ -256,7 +256,7 @@ class Gateway:
               lambda: len(alarms.list()))
         leases = self._leases
         if leases is not None:
-            gauge("etcdgw_leases", "Live leases.", lambda: len(leases.leases()))
+            gauge("etcdgw_leases", "Live leases.", lambda: len(leases.live()))
 
     def _first(self) -> _Listener:
         if not self._listeners:

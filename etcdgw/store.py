@@ -27,6 +27,7 @@ from etcdgw.backends.base import (
     CommitConflict,
     Committed,
     LeaseChange,
+    LogPosition,
     RequestTooLarge,
     SharedBackend,
     TailLost,
@@ -144,6 +145,9 @@ class Store:
         # skipped once each there (a lease-only commit has no revision to skip it by).
         self._echo: collections.Counter[LeaseChange] = collections.Counter()
         self._advanced = asyncio.Event()  # set (and replaced) whenever the replica moves on
+        # The lease sequence of the log that the lease table has caught up with (LogPosition):
+        # with the replica's revision, how far this gateway has followed a shared log.
+        self._lease_seq = 0
 
     @classmethod
     async def open(cls, backend: Backend, *, max_txn_ops: int = 128,
@@ -163,6 +167,7 @@ class Store:
         if hasattr(backend, "tail") and member_name:
             member_id = shared_member_id(loaded.cluster_id, member_name)
         store = cls(backend, replica, loaded.cluster_id, member_id, max_txn_ops)
+        store._lease_seq = loaded.lease_seq
         # A restart cannot know how much of a lease's TTL was left (keepalives are not written
         # to disk), so every lease gets its full TTL again from now: never expired early (L15),
         # at worst one TTL late (L16 allows late expiry).
@@ -216,6 +221,11 @@ class Store:
     def compact_revision(self) -> int:
         return self.replica.compact_rev
 
+    @property
+    def position(self) -> LogPosition:
+        """How far this gateway has applied the log (revision, lease sequence)."""
+        return LogPosition(self.replica.rev, self._lease_seq)
+
     def header(self, rev: int) -> bytes:
         """ResponseHeader body for ``rev`` (cluster_id, member_id, revision, raft_term)."""
         cached_rev, cached = self._hdr_cache
@@ -237,10 +247,13 @@ class Store:
 
     # -- writes ----------------------------------------------------------------------------
 
+    # Every write goes through the pipeline, whatever it turns out to do: a write that changes
+    # nothing (a failed compare, a delete that matches nothing, an unknown lease) is decided on
+    # the replica and is answered only once the pipeline has shown that the replica was at the
+    # log's head after the request arrived (see _commit_batch).
+
     async def put(self, req: Any) -> bytes:
         check_put_request(req)
-        if req.lease:
-            await self.ensure_lease(req.lease)
         return await self._submit("put", req)
 
     async def delete_range(self, req: Any) -> bytes:
@@ -249,9 +262,7 @@ class Store:
 
     async def txn(self, req: Any) -> bytes:
         check_txn_request(req, self.max_txn_ops)
-        for lease_id in _txn_leases(req):
-            await self.ensure_lease(lease_id)
-        if is_read_only(req):
+        if is_read_only(req):  # a read: the read barrier, as for Range
             if not _all_serializable(req):
                 await self.read_barrier()
             ov = Overlay(self.replica)
@@ -270,7 +281,6 @@ class Store:
 
     async def lease_revoke(self, lease_id: int) -> bytes:
         """LeaseRevokeResponse: the lease and, in one revision, its keys are gone (L07)."""
-        await self.ensure_lease(lease_id)
         return await self._submit("lease_revoke", lease_id)
 
     async def lease_expire(self, lease_id: int) -> bytes:
@@ -305,14 +315,27 @@ class Store:
                     q.task_done()
 
     async def _commit_batch(self, batch: list[_Queued]) -> None:
-        """Evaluate, commit, apply, answer. On a shared log, a conflict (another gateway
-        committed first) means: wait for the tail to bring those revisions in, then evaluate
-        the whole batch again on the new state; errors are only told once the state they were
-        decided on has been committed against, so none is based on a stale replica."""
+        """Evaluate, commit, apply, answer.
+
+        Linearizability on a shared log (several gateways, DESIGN rule 3). Every answer of the
+        batch, a failed compare or an error as much as a write, is decided on the replica, and
+        the replica may trail the log. It is told only once something proves that the replica
+        was at the log's head at a moment after every request of the batch had arrived:
+
+        - the batch changed something: its conditional commit succeeded, so the log was exactly
+          at the position (revision, lease sequence) the batch was evaluated at when it
+          committed. On a conflict (another gateway committed first) the tail brings those
+          changes in and the whole batch is evaluated again;
+        - the batch changed nothing (only failed compares, deletes of nothing, errors): the
+          read barrier, one point read of the log's position; if the replica is behind it, it
+          catches up and the batch is evaluated again (a delete that found nothing may now find
+          the key another gateway has just put).
+        """
         pending = [item for item in batch if not item.fut.done()]
         while pending:
             replica = self.replica
-            expected = replica.rev
+            at = self.position
+            expected = at.rev
             ov = Overlay(replica)
             lb = _LeaseBatch()
             done: list[tuple[_Queued, bytes, bool, int]] = []  # item, response, physical, rev
@@ -330,15 +353,15 @@ class Store:
             compact_rev = ov.compactions[-1] if ov.compactions else None
             if ov.revisions or compact_rev is not None or lb.changes:
                 commit_started = time.perf_counter()
+                changes = [change for _, change in lb.changes]
                 try:
-                    await self._backend.commit(expected, ov.revisions, compact_rev,
-                                               leases=[change for _, change in lb.changes])
-                except CommitConflict:
-                    poke = getattr(self._backend, "poke", None)
-                    if poke is not None:
-                        poke()  # read the log now: another gateway's commit is there
-                    if not await self._wait_rev(expected + 1):
-                        self._fail(pending, errors.TIMEOUT)
+                    await self._backend.commit(expected, ov.revisions, compact_rev, changes,
+                                               expected_lease_seq=at.lease_seq)
+                except CommitConflict as e:
+                    try:
+                        await self._catch_up(e.position)
+                    except errors.EtcdError as catch_up_failed:
+                        self._fail(pending, catch_up_failed)
                         return
                     continue
                 except RequestTooLarge as e:
@@ -361,8 +384,23 @@ class Store:
                 for on_commit in self.commit_listeners:
                     on_commit(len(done), time.perf_counter() - commit_started)
                 if self._shared is not None:
-                    self._echo.update(change for _, change in lb.changes)
+                    self._echo.update(changes)
+                if changes:  # the backend counts every commit with lease changes
+                    self._lease_seq = at.lease_seq + 1
                 self._apply_batch(ov, lb, compact_rev)
+            elif self._shared is not None:
+                # Nothing to commit, so no conditional append vouches for the replica: the
+                # read barrier does (one point read), taken after the batch was formed.
+                try:
+                    head = await self._log_position()
+                    behind = not self.position.covers(head)
+                    if behind:
+                        await self._catch_up(head)
+                except errors.EtcdError as barrier_failed:
+                    self._fail(pending, barrier_failed)
+                    return
+                if behind:
+                    continue
 
             for item, err in failed:
                 if not item.fut.done():
@@ -409,41 +447,51 @@ class Store:
     # -- several gateways on one log -------------------------------------------------------
 
     async def read_barrier(self) -> None:
-        """Linearizable reads (rule 2): learn the log's committed revision and wait until the
-        replica has applied it. Free on a private log (this gateway is its only writer)."""
+        """The read barrier (rule 2): learn the log's position (one point read) and wait until
+        this gateway has applied it, so that what is answered next reflects every change any
+        gateway acknowledged before the call. Free on a private log (this gateway is its only
+        writer, so its replica is the log's head)."""
         if self._shared is None:
             return
+        head = await self._log_position()
+        if not self.position.covers(head):
+            await self._catch_up(head)
+
+    async def _log_position(self) -> LogPosition:
+        assert self._shared is not None
         try:
-            target = await self._shared.committed_revision()
+            return await self._shared.committed_position()
         except BackendError as e:
             log.warning("read barrier failed: %s", e)
             throttled = isinstance(e, Throttled)
             raise (errors.TOO_MANY_REQUESTS if throttled else errors.TIMEOUT) from None
-        if not await self._wait_rev(target):
+
+    async def _catch_up(self, target: LogPosition | None) -> None:
+        """Wait until the replica covers ``target`` (after a conflict: where the backend saw
+        the log; None: learn it). The tail is poked to read at once instead of at its next
+        poll. Raises TIMEOUT after CATCH_UP_TIMEOUT."""
+        if self._shared is None:
+            # A private log has one writer, this gateway: a conflict means the backend and
+            # the replica disagree, which no waiting can mend.
+            log.error("the log moved on under this gateway's only writer (at %s)",
+                      tuple(self.position))
+            raise errors.TIMEOUT
+        if target is None or self.position.covers(target):
+            # A conflict without a position beyond ours: ask the log where it is.
+            target = await self._log_position()
+            if self.position.covers(target):
+                return
+        self._shared.poke()
+        if not await self._wait_position(target):
+            log.warning("replica at %s did not reach the log's %s within %.0f s",
+                        tuple(self.position), tuple(target), CATCH_UP_TIMEOUT)
             raise errors.TIMEOUT
 
-    async def ensure_lease(self, lease_id: int) -> None:
-        """On a shared log, a lease granted through another gateway may not have come in by
-        the tail yet when a client uses it here (grant there, put here): look it up in the
-        log before deciding it does not exist. Its deadline starts from now (never early)."""
-        if self._shared is None or lease_id in self.leases:
-            return
-        lookup = getattr(self._shared, "lease_record", None)
-        if lookup is None:
-            return
-        try:
-            ttl = await lookup(lease_id)
-        except BackendError as e:
-            log.warning("lease lookup failed: %s", e)
-            raise errors.TIMEOUT from None
-        if ttl is not None and lease_id not in self.leases:
-            self.leases.grant(lease_id, ttl, self.clock())
-
-    async def _wait_rev(self, target: int) -> bool:
-        """Wait until the replica reaches ``target``; False after CATCH_UP_TIMEOUT."""
+    async def _wait_position(self, target: LogPosition) -> bool:
+        """Wait until the replica covers ``target``; False after CATCH_UP_TIMEOUT."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CATCH_UP_TIMEOUT
-        while self.replica.rev < target:
+        while not self.position.covers(target):
             left = deadline - loop.time()
             if left <= 0:
                 return False
@@ -510,6 +558,8 @@ class Store:
         for lease_id, ttl in theirs:
             if ttl is None:
                 self.leases.revoke(lease_id)
+        if entry.lease_seq is not None and entry.lease_seq > self._lease_seq:
+            self._lease_seq = entry.lease_seq
         if entry.compact_rev is not None and entry.compact_rev > replica.compact_rev:
             self._apply_compaction(entry.compact_rev)
         self._advance()
@@ -605,18 +655,6 @@ def shared_member_id(cluster_id: int, name: str) -> int:
     """A non-zero positive int64 member id for gateway ``name`` of cluster ``cluster_id``."""
     digest = hashlib.sha256(b"%d/" % cluster_id + name.encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1) or 1
-
-
-def _txn_leases(req: Any) -> set[int]:
-    """Every lease a txn's puts name, on both branches and in nested txns."""
-    found: set[int] = set()
-    for op in (*req.success, *req.failure):
-        kind, r = op_kind(op)
-        if kind == "request_put" and r.lease:
-            found.add(r.lease)
-        elif kind == "request_txn":
-            found |= _txn_leases(r)
-    return found
 
 
 def _all_serializable(req: Any) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from etcdgw.mvcc.replica import Version
 
@@ -20,6 +20,7 @@ __all__ = [
     "Committed",
     "LeaseChange",
     "Loaded",
+    "LogPosition",
     "RequestTooLarge",
     "Revision",
     "SharedBackend",
@@ -39,7 +40,13 @@ class BackendError(Exception):
 
 
 class CommitConflict(BackendError):
-    """The backend's revision is no longer the one the batch was evaluated against."""
+    """The backend's log is no longer where the batch was evaluated (another gateway committed
+    first). ``position``: where the log was seen, when the backend knows (the store waits until
+    its replica has applied that much before evaluating again)."""
+
+    def __init__(self, message: str, position: LogPosition | None = None) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 class Throttled(BackendError):
@@ -63,6 +70,20 @@ class RequestTooLarge(BackendError):
         self.rev = rev
 
 
+class LogPosition(NamedTuple):
+    """How far a shared log (or a replica of it) has got: its revision, and its lease sequence,
+    the number of commits that changed lease records. A lease grant or revoke without keys
+    creates no revision (M04) but changes what a request may be answered, so the revision
+    alone cannot tell whether a replica has seen every acknowledged change; the pair can. Both
+    only grow; a replica at ``p`` has seen everything up to ``q`` iff ``p.covers(q)``."""
+
+    rev: int
+    lease_seq: int
+
+    def covers(self, other: LogPosition) -> bool:
+        return self.rev >= other.rev and self.lease_seq >= other.lease_seq
+
+
 @dataclass(frozen=True)
 class Loaded:
     cluster_id: int
@@ -73,6 +94,8 @@ class Loaded:
     revisions: Iterator[Revision]
     # Every live lease: (lease id, effective TTL in seconds).
     leases: Sequence[tuple[int, int]] = ()
+    # Shared logs: the lease sequence of the log when ``rev`` was read (LogPosition).
+    lease_seq: int = 0
 
 
 class Backend(Protocol):
@@ -84,10 +107,14 @@ class Backend(Protocol):
         revisions: list[Revision],
         compact_rev: int | None,
         leases: Sequence[LeaseChange] = (),
+        *,
+        expected_lease_seq: int = 0,
     ) -> None:
         """Make ``revisions`` (which continue ``expected_rev``), the new compaction point and
         the lease changes (applied in order) durable, atomically, or raise. Raises
-        CommitConflict if the log moved on."""
+        CommitConflict if the log moved on. ``expected_lease_seq`` is the rest of the position
+        the batch was evaluated at (LogPosition); a private log, written by this gateway
+        alone, cannot have moved and ignores it."""
         ...
 
     async def compact(self, rev: int) -> None:
@@ -110,13 +137,16 @@ class Committed:
 
     ``rev`` is the log's revision after the entry; ``revisions`` the revisions it added (none
     for a lease-only or compaction-only commit). Entries come gap-free: each entry's first
-    revision is the previous entry's ``rev`` + 1.
+    revision is the previous entry's ``rev`` + 1. ``lease_seq``, when set, says that once this
+    entry is applied the replica has every lease change up to that lease sequence (an entry may
+    carry only that: the tail learnt the log's position and has delivered everything before it).
     """
 
     rev: int
     revisions: list[Revision]
     compact_rev: int | None = None
     leases: Sequence[LeaseChange] = ()
+    lease_seq: int | None = None
 
 
 class SharedBackend(Backend, Protocol):
@@ -126,9 +156,19 @@ class SharedBackend(Backend, Protocol):
       or raises with the outcome unknown: a commit whose response was lost is resolved by
       reading the log before ``commit`` returns (committed: return; not: raise BackendError).
     - ``tail`` follows every commit, this gateway's own included, from ``after_rev`` on.
-    - ``committed_revision`` is the read barrier: the log's revision now (one point read).
+    - ``commit`` is conditional on the whole position: it raises CommitConflict when the log is
+      not at (``expected_rev``, ``expected_lease_seq``), so a batch evaluated before another
+      gateway's lease-only commit is evaluated again, not written over it.
+    - ``tail`` follows every commit, this gateway's own included, from ``after_rev`` on.
+    - ``committed_position`` is the read barrier: the log's position now (one point read).
+    - ``poke`` asks the tail to read now.
     """
 
     def tail(self, after_rev: int) -> AsyncIterator[Committed]: ...
 
-    async def committed_revision(self) -> int: ...
+    async def committed_position(self) -> LogPosition: ...
+
+    def poke(self) -> None:
+        """Have the tail read the log now rather than at its next poll (the store waits for
+        changes it knows are there)."""
+        ...

@@ -109,6 +109,8 @@ class EmbeddedBackend:
         revisions: list[Revision],
         compact_rev: int | None,
         leases: Sequence[LeaseChange] = (),
+        *,
+        expected_lease_seq: int = 0,  # one writer: the position cannot have moved
     ) -> None:
         await self._call(lambda: self._commit(expected_rev, revisions, compact_rev, leases))
 

@@ -129,19 +129,27 @@ class LeaseManager:
         On a shared log it returns once the renewal is durable for whichever gateway owns
         expiry."""
         store = self._store
-        await store.ensure_lease(lease_id)
         ttl = store.leases.renew(lease_id, store.clock())
-        if ttl > 0 and self._shared is not None:
-            self._renewed[lease_id] = self._wall()
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            self._dirty.set()
-            await fut
-        return ttl
+        if self._shared is None:
+            return ttl
+        if ttl == 0:
+            # Unknown here: it may have been granted through another gateway and not have come
+            # in by the tail yet. The read barrier decides (linearizable "not found").
+            await store.read_barrier()
+            ttl = store.leases.renew(lease_id, store.clock())
+            if ttl == 0:
+                return 0
+        self._renewed[lease_id] = self._wall()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._dirty.set()
+        await fut  # durable, and the flush's read barrier has run since this call arrived
+        # Revoked through another gateway meanwhile (the barrier brought that in): gone.
+        return ttl if lease_id in store.leases else 0
 
     async def time_to_live(self, lease_id: int, keys: bool) -> TimeToLive:
         store = self._store
-        await store.ensure_lease(lease_id)
+        await store.read_barrier()  # granted, renewed or revoked through another gateway
         table = store.leases
         ttl = table.remaining(lease_id, store.clock())
         lease = table.get(lease_id)
@@ -149,7 +157,14 @@ class LeaseManager:
             return TimeToLive(lease_id, -1, 0, ())
         return TimeToLive(lease_id, ttl, lease.ttl, tuple(table.keys(lease_id)) if keys else ())
 
-    def leases(self) -> list[int]:
+    async def leases(self) -> list[int]:
+        """LeaseLeases: every live lease, after the read barrier (leases granted or revoked
+        through other gateways before the call are counted as such)."""
+        await self._store.read_barrier()
+        return self.live()
+
+    def live(self) -> list[int]:
+        """The live leases this gateway knows of now (no barrier: for metrics)."""
         store = self._store
         return store.leases.live(store.clock())
 
@@ -188,6 +203,10 @@ class LeaseManager:
             self._renewed = {i: at for i, at in self._renewed.items() if i in live}
             try:
                 await self._shared.save_renewals(self._store.member_id, dict(self._renewed))
+                # Each keepalive of the window is answered from the lease table after this
+                # barrier (one point read for the whole window): a lease revoked through
+                # another gateway before the keepalive arrived answers TTL 0.
+                await self._store.read_barrier()
             except Exception as e:
                 log.warning("saving lease renewals failed: %s", e)
                 for fut in waiters:

@@ -84,5 +84,6 @@ class Lease:
         return Preencoded(body)
 
     async def leases(self, request: Any) -> Preencoded:
-        body = self._header() + b"".join(f_msg(2, f_int(1, i)) for i in self._leases.leases())
+        ids = await self._leases.leases()  # after the read barrier: header revision too
+        body = self._header() + b"".join(f_msg(2, f_int(1, i)) for i in ids)
         return Preencoded(body)

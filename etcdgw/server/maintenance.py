@@ -116,6 +116,7 @@ class Maintenance:
 
     async def status(self, request: Any) -> Any:
         store = self._store
+        await store.read_barrier()  # the header revision covers every acknowledged write
         revision = store.revision
         size, in_use = self._db_size()
         # etcdctl endpoint status divides by dbSize; MT03 wants in_use <= size.
@@ -170,6 +171,7 @@ class Maintenance:
         return etcdserverpb.DefragmentResponse()
 
     async def hash(self, request: Any) -> Any:
+        await self._store.read_barrier()
         replica = self._store.replica
         return etcdserverpb.HashResponse(
             header=self._header(), hash=hash_kv(replica, replica.rev)
@@ -177,6 +179,7 @@ class Maintenance:
 
     async def hash_kv(self, request: Any) -> Any:
         store = self._store
+        await store.read_barrier()  # the hash of the log's state, not of a trailing replica
         replica = store.replica
         rev = read_revision(request.revision, replica.rev, replica.compact_rev)  # R03, R04
         return etcdserverpb.HashKvResponse(

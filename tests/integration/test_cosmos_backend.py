@@ -84,10 +84,12 @@ async def test_round_trip_arbitrary_keys_and_large_values(open_backend: Factory)
     await a.commit(h.rev, [h.next([(KEYS[0], None, 0), (KEYS[1], b"two", 7),
                                    (b"fresh", b"", 7)])], None, leases=[(7, 30)])
     # group commit: several revisions in one call
-    await a.commit(h.rev, [h.next([(b"g%d" % i, b"x" * i, 0)]) for i in range(5)], None)
+    await a.commit(h.rev, [h.next([(b"g%d" % i, b"x" * i, 0)]) for i in range(5)], None,
+                   expected_lease_seq=1)
     big = bytes(range(256)) * 3200  # 800 KiB of every byte value
-    await a.commit(h.rev, [h.next([(b"big", big, 0)])], None)
-    await a.commit(h.rev, [h.next([(KEYS[0], b"back", 0)])], None, leases=[(8, 5), (7, None)])
+    await a.commit(h.rev, [h.next([(b"big", big, 0)])], None, expected_lease_seq=1)
+    await a.commit(h.rev, [h.next([(KEYS[0], b"back", 0)])], None, leases=[(8, 5), (7, None)],
+                   expected_lease_seq=1)  # one commit with lease changes before this one
     _, got = await reload(open_backend)
     assert got == dump(reference_replica(h.revisions))
     b = await open_backend()
@@ -165,9 +167,11 @@ async def test_tail_from_two_gateways_sees_every_commit_in_order(cosmos_settings
         for i in range(10):
             w = writers[i % 2]
             await w.commit(h.rev, [h.next([(b"k%d" % (i % 4), b"v%d" % i, 0)])], None,
-                           leases=[(100 + i, 10)] if i == 3 else ())
-        await b.commit(h.rev, [], 5)  # a compaction entry
-        await a.commit(h.rev, [], None, leases=[(200, 7)])  # a lease-only entry
+                           leases=[(100 + i, 10)] if i == 3 else (),
+                           expected_lease_seq=int(i > 3))
+        await b.commit(h.rev, [], 5, expected_lease_seq=1)  # a compaction entry
+        await a.commit(h.rev, [], None, leases=[(200, 7)],
+                       expected_lease_seq=1)  # a lease-only entry
         for tail in tails:
             got = await asyncio.wait_for(_collect(
                 tail, h.rev, lambda es: any(e.compact_rev == 5 for e in es)
@@ -206,7 +210,7 @@ async def test_read_barrier_and_requests_per_commit(cosmos_endpoint: str) -> Non
                        None)
         txn = t.sent[n:]
         n = len(t.sent)
-        assert await a.committed_revision() == h.rev
+        assert (await a.committed_position()).rev == h.rev
         barrier = t.sent[n:]
         assert put == ["BATCH"] and txn == ["BATCH"] and barrier == ["GET /meta"]
     finally:
@@ -226,7 +230,7 @@ async def test_request_too_large(cosmos_settings: Any) -> None:
             await a.commit(1, [h.next([(b"ok", b"x", 0)]),
                                h.next([(b"huge", b"x" * 1_000_000, 0)])], None)
         assert e.value.rev == 3
-        assert await a.committed_revision() == 1
+        assert (await a.committed_position()).rev == 1
     finally:
         await a.close()
 
@@ -247,8 +251,10 @@ async def test_split_commit_is_all_or_nothing_for_readers(cosmos_endpoint: str) 
         h = History()
         await a.commit(h.rev, [h.next([(b"s%d" % i, b"v", 0)]) for i in range(12)], None,
                        leases=[(1, 5)])
-        await b.commit(h.rev, [h.next([(b"s1", b"b", 0)])], None)  # b waits for nothing
-        await a.commit(h.rev, [h.next([(b"k%d" % i, b"w", 0) for i in range(7)])], None)
+        await b.commit(h.rev, [h.next([(b"s1", b"b", 0)])], None,
+                       expected_lease_seq=1)  # b waits for nothing
+        await a.commit(h.rev, [h.next([(b"k%d" % i, b"w", 0) for i in range(7)])], None,
+                       expected_lease_seq=1)
         got = await asyncio.wait_for(_collect(tail, h.rev), 20)
         assert [r for e in got for r, _ in e.revisions] == list(range(2, h.rev + 1))
         _, state = await reload(lambda: _ret(CosmosBackend(settings)))
@@ -351,7 +357,7 @@ async def test_persistent_throttling_is_throttled_and_leaves_nothing(
         await b.commit(1, [h.next([(b"k", b"v", 0)])], None)
     t.status(is_meta_read, 429, retry_after_ms=1, times=1000)
     with pytest.raises(Throttled):
-        await b.committed_revision()
+        await b.committed_position()
     await _check_log(settings, History())  # nothing of the refused commit was written
 
 
@@ -360,13 +366,13 @@ async def test_unavailable_and_hanging_reads_are_retried(faulty: tuple[Any, Any,
 
     b, t, _ = faulty
     f503 = t.status(is_meta_read, 503, times=2)
-    assert await b.committed_revision() == 1
+    assert (await b.committed_position()).rev == 1
     hang = t.hang(is_meta_read)
-    assert await b.committed_revision() == 1
+    assert (await b.committed_position()).rev == 1
     assert (f503.hits, hang.hits) == (2, 1)
     t.status(is_meta_read, 503, times=100)
     with pytest.raises(BackendError) as e:
-        await b.committed_revision()
+        await b.committed_position()
     assert settings_key(b) not in str(e.value)
 
 

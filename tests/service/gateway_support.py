@@ -117,6 +117,9 @@ class FakeStore:
     async def close(self) -> None:
         self.closed = True
 
+    async def read_barrier(self) -> None:
+        """A private log: nothing to wait for (Status, Hash, HashKV and lease reads call it)."""
+
     def _header(self) -> pb.ResponseHeader:
         return pb.ResponseHeader(
             cluster_id=self.cluster_id,

@@ -85,7 +85,7 @@ async def test_batch_sees_its_own_grants_and_revokes(
     real_commit = store._backend.commit
 
     async def commit(*args: Any, **kwargs: Any) -> None:
-        commits.append(kwargs["leases"])
+        commits.append(args[3])
         await real_commit(*args, **kwargs)
 
     monkeypatch.setattr(store._backend, "commit", commit)
@@ -197,7 +197,7 @@ async def test_expiry_through_the_manager(store: Store, clock: Clock) -> None:
     assert await manager.expire_once() == 0
     assert [lease.id for lease in store.leases] == [4]
     assert (await manager.time_to_live(4, keys=True)).keys == (b"k4",)
-    assert manager.leases() == [4]
+    assert await manager.leases() == [4]
 
 
 async def test_expiry_does_not_revoke_a_lease_granted_again(store: Store, clock: Clock) -> None:

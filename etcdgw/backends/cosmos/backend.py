@@ -57,6 +57,7 @@ from etcdgw.backends.base import (
     Committed,
     LeaseChange,
     Loaded,
+    LogPosition,
     RequestTooLarge,
     Revision,
 )
@@ -91,7 +92,8 @@ class CosmosBackend:
         self._opened = False
         self._closed = False
         self._feed_token: str | None = None  # change feed position taken before load's reads
-        self._loaded: tuple[int, int] | None = None  # (rev, compact_rev) that load returned
+        # (rev, compact_rev, lease_seq) that load returned
+        self._loaded: tuple[int, int, int] | None = None
         self._tail_started = False
         self._compact_lock = asyncio.Lock()
         self._bytes = 0
@@ -126,21 +128,26 @@ class CosmosBackend:
         self._meta = meta
         return meta
 
-    async def _meta_at(self, expected: int) -> Doc:
-        """Meta at revision ``expected``, unlocked (waiting out or taking over a lock)."""
+    async def _meta_at(self, expected: int, lseq: int) -> Doc:
+        """Meta at position (``expected``, ``lseq``), unlocked (waiting out or taking over a
+        lock). Anywhere else is a CommitConflict: another gateway committed revisions, or lease
+        changes (which move only the lease sequence), that the batch was not evaluated on."""
         meta = self._meta
-        if meta is None or meta["rev"] != expected or meta.get("lock"):
+        if (meta is None or meta["rev"] != expected or m.lease_seq(meta) != lseq
+                or meta.get("lock")):
             meta = await self._read_meta()
         while True:
-            if meta["rev"] != expected:
-                raise CommitConflict(f"log is at revision {meta['rev']}, not {expected}")
+            at = LogPosition(int(meta["rev"]), m.lease_seq(meta))
+            if at != (expected, lseq):
+                raise CommitConflict(f"log is at {tuple(at)}, not {(expected, lseq)}", at)
             if not meta.get("lock"):
                 return meta
             meta = await self._wait_lock(meta)
 
-    async def committed_revision(self) -> int:
+    async def committed_position(self) -> LogPosition:
         await self._open()
-        return int((await self._read_meta())["rev"])
+        meta = await self._read_meta()
+        return LogPosition(int(meta["rev"]), m.lease_seq(meta))
 
     # -- load ------------------------------------------------------------------------------
 
@@ -165,7 +172,7 @@ class CosmosBackend:
         leases = await self.c.query(
             "SELECT * FROM c WHERE c.pk = @pk AND c.type = 'lease'")
         self._bytes = sum(m.op_size(d) for d in rows) + 1024
-        self._loaded = (int(meta["rev"]), int(meta["compact_rev"]))
+        self._loaded = (int(meta["rev"]), int(meta["compact_rev"]), m.lease_seq(meta))
         return Loaded(
             cluster_id=int(meta["cluster_id"]),
             member_id=int(meta["member_id"]),
@@ -173,6 +180,7 @@ class CosmosBackend:
             compact_rev=int(meta["compact_rev"]),
             revisions=(m.decode_revision(d) for d in rows),
             leases=[(int(d["lease"]), int(d["ttl"])) for d in leases if not d.get("revoked")],
+            lease_seq=m.lease_seq(meta),
         )
 
     async def rev_docs(self, after: int, upto: int | None = None) -> list[Doc]:
@@ -199,10 +207,12 @@ class CosmosBackend:
         revisions: list[Revision],
         compact_rev: int | None,
         leases: Sequence[LeaseChange] = (),
+        *,
+        expected_lease_seq: int = 0,
     ) -> None:
         self._commits_started += 1
         try:
-            await self._commit(expected_rev, revisions, compact_rev, leases)
+            await self._commit(expected_rev, expected_lease_seq, revisions, compact_rev, leases)
         finally:
             self._commits_returned += 1
             self._commit_returned.set()
@@ -220,7 +230,7 @@ class CosmosBackend:
         while self._commits_returned < target:
             await self._commit_returned.wait()
 
-    async def _commit(self, expected_rev: int, revisions: list[Revision],
+    async def _commit(self, expected_rev: int, lseq: int, revisions: list[Revision],
                       compact_rev: int | None, leases: Sequence[LeaseChange]) -> None:
         await self._open()
         for i, (rev, _) in enumerate(revisions):
@@ -235,20 +245,22 @@ class CosmosBackend:
                     f"cosmos: revision {d['rev']} needs {m.op_size(d)} bytes, more than one "
                     f"transactional batch holds ({self.s.max_batch_bytes})", rev=d["rev"])
         key_docs = [m.key_doc(v) for v in m.latest_per_key(revisions).values()]
-        lease_docs = [m.lease_doc(i, ttl, new_rev, batch)
+        lease_docs = [m.lease_doc(i, ttl, new_rev, batch, lseq + 1)
                       for i, ttl in m.latest_per_lease(leases).items()]
         ops: list[tuple[Any, ...]] = [("create", (d,)) for d in rev_docs]
         ops += [("upsert", (d,)) for d in key_docs + lease_docs]
         size = sum(m.op_size(d) for d in rev_docs + key_docs + lease_docs) + 4096
         if len(ops) + 1 <= self.s.max_batch_ops and size <= self.s.max_batch_bytes:
-            await self._commit_one(expected_rev, new_rev, compact_rev, batch, ops, bool(rev_docs))
+            await self._commit_one(expected_rev, lseq, new_rev, compact_rev, batch, ops,
+                                   bool(rev_docs), bool(lease_docs))
         else:
-            await self._commit_split(expected_rev, new_rev, compact_rev, batch, rev_docs,
+            await self._commit_split(expected_rev, lseq, new_rev, compact_rev, batch, rev_docs,
                                      key_docs, lease_docs)
         self._bytes += size
 
-    async def _commit_one(self, expected: int, new_rev: int, compact_rev: int | None,
-                          batch: str, ops: list[tuple[Any, ...]], has_revs: bool) -> None:
+    async def _commit_one(self, expected: int, lseq: int, new_rev: int,
+                          compact_rev: int | None, batch: str, ops: list[tuple[Any, ...]],
+                          has_revs: bool, has_leases: bool) -> None:
         async def applied(meta: Doc) -> bool:
             if batch in meta.get("recent", ()):
                 return True
@@ -258,8 +270,9 @@ class CosmosBackend:
             return False
 
         for _ in range(ATTEMPTS):
-            meta = await self._meta_at(expected)
-            body = m.next_meta(meta, rev=new_rev, compact_rev=compact_rev, batch=batch, lock=None)
+            meta = await self._meta_at(expected, lseq)
+            body = m.next_meta(meta, rev=new_rev, compact_rev=compact_rev, batch=batch, lock=None,
+                               leases=has_leases)
             try:
                 if await self._meta_batch(ops, meta, body, applied) is not None:
                     return
@@ -344,7 +357,8 @@ class CosmosBackend:
         if chunk:
             yield chunk
 
-    async def _commit_split(self, expected: int, new_rev: int, compact_rev: int | None,
+    async def _commit_split(self, expected: int, lseq: int, new_rev: int,
+                            compact_rev: int | None,
                             batch: str, rev_docs: list[Doc], key_docs: list[Doc],
                             lease_docs: list[Doc]) -> None:
         def lock(phase: str) -> Doc:
@@ -357,7 +371,7 @@ class CosmosBackend:
         # 1. claim
         meta: Doc | None = None
         for _ in range(ATTEMPTS):
-            cur = await self._meta_at(expected)
+            cur = await self._meta_at(expected, lseq)
             body = m.next_meta(cur, rev=expected, compact_rev=None, batch=None,
                                lock=lock("writing"))
             meta = await self._meta_batch([], cur, body, claimed)
@@ -383,7 +397,7 @@ class CosmosBackend:
             return batch in meta.get("recent", ())
 
         body = m.next_meta(meta, rev=new_rev, compact_rev=compact_rev, batch=batch,
-                           lock=lock("indexing"))
+                           lock=lock("indexing"), leases=bool(lease_docs))
         try:
             final = await self._meta_batch(ops, meta, body, committed)
         except _Orphans:
@@ -491,7 +505,8 @@ class CosmosBackend:
         if self._loaded is not None and self._loaded[0] == after_rev:
             token = self._feed_token
         compact = self._loaded[1] if self._loaded is not None else -1
-        return follow(self, after_rev, token, compact)
+        lseq = self._loaded[2] if self._loaded is not None else 0
+        return follow(self, after_rev, token, compact, lseq)
 
     # -- compaction ------------------------------------------------------------------------
 
@@ -572,13 +587,6 @@ class CosmosBackend:
     async def save_renewals(self, member_id: int, renewals: dict[int, float]) -> None:
         await self._open()
         await lease_docs.save_renewals(self.c, member_id, renewals)
-
-    async def lease_record(self, lease_id: int) -> int | None:
-        """The committed TTL of a lease, None if it was never granted or is revoked: for a
-        gateway asked about a lease its tail has not brought in yet."""
-        await self._open()
-        doc = await self.c.read(m.lease_id_doc(lease_id))
-        return None if doc is None else m.decode_lease(doc)[1]
 
     async def load_renewals(self) -> dict[int, float]:
         await self._open()

@@ -7,8 +7,11 @@ batch can write any of them atomically. Document types (field ``type``):
     ``rev`` (the log's revision), ``compact_rev``, ``cluster_id`` and ``member_id`` (decimal
     strings: uint64 ids do not survive JSON numbers above 2**53), ``recent`` (the batch ids of
     the last :data:`RECENT` commits, to resolve a commit whose response was lost), ``lock``
-    (null, or the claim of a commit too large for one batch, see backend.py) and ``seq`` (one
-    more per write of meta). Every commit replaces meta with If-Match on its etag: that is the
+    (null, or the claim of a commit too large for one batch, see backend.py), ``seq`` (one
+    more per write of meta) and ``lseq``, the lease sequence: one more per commit that wrote
+    lease documents. (``rev``, ``lseq``) is the log's position (base.LogPosition): a lease
+    grant or revoke without keys moves ``lseq`` but not ``rev``, and commits are conditional
+    on both. Every commit replaces meta with If-Match on its etag: that is the
     conditional append (DESIGN rule 3).
 ``rev`` (id ``r`` + 20-digit revision)
     One per revision, written once (create), never modified: ``rev``, ``batch`` (the id of the
@@ -23,7 +26,8 @@ batch can write any of them atomically. Document types (field ``type``):
     in base64.
 ``lease`` (id ``l`` + lease id)
     ``lease``, ``ttl``, ``revoked`` (a revoke marks the document: LatestVersion change feeds
-    never report deletes), ``rev`` (the log revision after the commit that wrote it), ``batch``.
+    never report deletes), ``rev`` (the log revision after the commit that wrote it),
+    ``lseq`` (the lease sequence after it), ``batch``.
 ``member`` (id ``m`` + member id)
     One per gateway: ``member_id``, ``name``, ``client_urls``, ``heartbeat`` (unix seconds).
 
@@ -94,7 +98,7 @@ def new_meta(cluster_id: int, member_id: int) -> Doc:
     return {
         "id": META_ID, "pk": PK, "type": "meta", "rev": 1, "compact_rev": -1,
         "cluster_id": str(cluster_id), "member_id": str(member_id), "recent": [], "lock": None,
-        "seq": 0,
+        "seq": 0, "lseq": 0,
     }
 
 
@@ -103,10 +107,19 @@ def meta_body(meta: Doc) -> Doc:
     return {k: v for k, v in meta.items() if not k.startswith("_")}
 
 
+def lease_seq(meta: Doc) -> int:
+    """The lease sequence of a meta document (0 in containers written before it existed)."""
+    return int(meta.get("lseq", 0))
+
+
 def next_meta(meta: Doc, *, rev: int, compact_rev: int | None, batch: str | None,
-              lock: Doc | None) -> Doc:
+              lock: Doc | None, leases: bool = False) -> Doc:
+    """The meta body a write of meta puts: ``leases`` when the same batch writes lease
+    documents (the lease sequence moves on)."""
     body = meta_body(meta)
     body["rev"] = rev
+    if leases:
+        body["lseq"] = lease_seq(meta) + 1
     if compact_rev is not None:
         body["compact_rev"] = compact_rev
     if batch is not None:
@@ -143,10 +156,10 @@ def key_doc(v: Version) -> Doc:
     return doc
 
 
-def lease_doc(lease_id: int, ttl: int | None, rev: int, batch: str) -> Doc:
+def lease_doc(lease_id: int, ttl: int | None, rev: int, batch: str, lseq: int = 0) -> Doc:
     return {
         "id": lease_id_doc(lease_id), "pk": PK, "type": "lease", "lease": str(lease_id),
-        "ttl": ttl or 0, "revoked": ttl is None, "rev": rev, "batch": batch,
+        "ttl": ttl or 0, "revoked": ttl is None, "rev": rev, "lseq": lseq, "batch": batch,
     }
 
 

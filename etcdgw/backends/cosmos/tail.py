@@ -13,7 +13,13 @@ revoked. What the reader keeps:
   batch id) are buffered;
 - lease changes, delivered with the commit that wrote them (their ``rev`` is the log revision
   after that commit) or alone once the log is past them; compactions, delivered once the tail
-  has reached the meta revision that announced them.
+  has reached the meta revision that announced them;
+- the lease sequence (``lseq``) of the latest meta the *feed* showed: once every revision up to
+  that meta's is delivered, so is every lease document written before it (each batch writes
+  meta last, and the feed keeps write order), and the tail reports that lease sequence
+  (Committed.lease_seq) so that the store's read barrier knows its lease table is current. A
+  meta read directly (the catch-up read at start) does not count: lease documents written
+  before it may still be ahead in the feed.
 
 A revision that meta confirms but the feed has not shown (the tail started late, or a page was
 missed) is read back by range (``c.rev > @after ORDER BY c.rev``). If it is gone for good
@@ -72,22 +78,28 @@ async def feed_token_now(b: CosmosBackend) -> str:
 
 
 class _State:
-    def __init__(self, after_rev: int, compact: int) -> None:
+    def __init__(self, after_rev: int, compact: int, lseq: int = 0) -> None:
         self.delivered = after_rev
         self.meta_seen = after_rev
+        self.lseq_seen = lseq  # of the latest meta seen in the feed
+        self.lseq_rev = after_rev  # that meta's revision
+        self.lseq_emitted = lseq
         self.buf: dict[int, Doc] = {}
         self.leases: list[tuple[int, LeaseChange]] = []
         self.compact_emitted = compact
         self.compact_pending: tuple[int, int] | None = None  # (compact rev, meta rev)
         self.compact_seen = compact
 
-    def see(self, d: Doc) -> None:
+    def see(self, d: Doc, *, from_feed: bool = True) -> None:
         t = d.get("type")
         if t == "rev":
             if int(d["rev"]) > self.delivered:
                 self.buf[int(d["rev"])] = d
         elif t == "meta":
             self.meta_seen = max(self.meta_seen, int(d["rev"]))
+            if from_feed and m.lease_seq(d) > self.lseq_seen:
+                self.lseq_seen = m.lease_seq(d)
+                self.lseq_rev = int(d["rev"])
             c = int(d.get("compact_rev", -1))
             self.compact_seen = max(self.compact_seen, c)
             if c > self.compact_emitted and (
@@ -137,6 +149,9 @@ class _State:
             if p[0] > self.compact_emitted:
                 self.compact_emitted = p[0]
                 out.append(Committed(self.delivered, [], compact_rev=p[0]))
+        if self.lseq_seen > self.lseq_emitted and self.lseq_rev <= self.delivered:
+            self.lseq_emitted = self.lseq_seen
+            out.append(Committed(self.delivered, [], lease_seq=self.lseq_seen))
         return out
 
 
@@ -171,14 +186,14 @@ class _Outage:
 
 
 async def follow(b: CosmosBackend, after_rev: int, token: str | None,
-                 compact: int) -> AsyncIterator[Committed]:
-    st = _State(after_rev, compact)
+                 compact: int, lseq: int = 0) -> AsyncIterator[Committed]:
+    st = _State(after_rev, compact, lseq)
     outage = _Outage(b)
     while True:
         try:
             if token is None:
                 token = await feed_token_now(b)  # before the catch-up read: nothing between
-            st.see(await b._read_meta())
+            st.see(await b._read_meta(), from_feed=False)
             for d in await b.rev_docs(after=st.delivered, upto=st.meta_seen):
                 st.see(d)
             break
