@@ -358,8 +358,11 @@ class Store:
                     await self._backend.commit(expected, ov.revisions, compact_rev, changes,
                                                expected_lease_seq=at.lease_seq)
                 except CommitConflict as e:
+                    seen = e.position
+                    if seen is not None and at.covers(seen):
+                        seen = None  # no position beyond ours: ask the log where it is
                     try:
-                        await self._catch_up(e.position)
+                        await self._catch_up(seen)
                     except errors.EtcdError as catch_up_failed:
                         self._fail(pending, catch_up_failed)
                         return
@@ -393,7 +396,10 @@ class Store:
                 # read barrier does (one point read), taken after the batch was formed.
                 try:
                     head = await self._log_position()
-                    behind = not self.position.covers(head)
+                    # Compared with where the batch was evaluated, not with the replica now:
+                    # the tail may have applied more during the point read, and then the
+                    # answers are older than the log's head, however current the replica is.
+                    behind = not at.covers(head)
                     if behind:
                         await self._catch_up(head)
                 except errors.EtcdError as barrier_failed:
@@ -476,11 +482,10 @@ class Store:
             log.error("the log moved on under this gateway's only writer (at %s)",
                       tuple(self.position))
             raise errors.TIMEOUT
-        if target is None or self.position.covers(target):
-            # A conflict without a position beyond ours: ask the log where it is.
+        if target is None:
             target = await self._log_position()
-            if self.position.covers(target):
-                return
+        if self.position.covers(target):
+            return
         self._shared.poke()
         if not await self._wait_position(target):
             log.warning("replica at %s did not reach the log's %s within %.0f s",

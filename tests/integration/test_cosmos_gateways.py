@@ -21,15 +21,13 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from support.cluster import Cluster, cluster_of
 from support.cosmos import (
     account_key,
     drop_database,
@@ -126,55 +124,6 @@ async def test_a_cancel_arriving_as_a_request_completes_is_not_lost(cosmos_endpo
 
 # ---------------------------------------------------------------------------------------------
 # gateways on one container
-
-
-@dataclass
-class Cluster:
-    """``etcdgw serve --backend cosmos`` processes named gw0, gw1, ... on one database."""
-
-    endpoint: str
-    database: str
-    root: Path
-    servers: list[Server] = field(default_factory=list)
-    starts: int = 0
-
-    def start(self, i: int) -> Server:
-        """Start (or restart) gateway ``gw{i}``: same name, so the same member id."""
-        self.starts += 1
-        server = start_etcdgw(self.root / f"gw{i}-{self.starts}", name=f"gw{i}",
-                              extra_args=gateway_args(self.endpoint, self.database))
-        if i < len(self.servers):
-            self.servers[i] = server
-        else:
-            self.servers.append(server)
-        return server
-
-    def start_all(self, n: int) -> list[Server]:
-        with ThreadPoolExecutor(n) as pool:  # ~1 s each, mostly imports: in parallel
-            futures = [pool.submit(start_etcdgw, self.root / f"gw{i}-0", name=f"gw{i}",
-                                   extra_args=gateway_args(self.endpoint, self.database))
-                       for i in range(n)]
-        # Those that started are stopped by stop() even if another one failed.
-        self.servers = [f.result() for f in futures if f.exception() is None]
-        return [f.result() for f in futures]
-
-    def stop(self) -> None:
-        try:
-            for server in self.servers:
-                if not server.stopped:
-                    server.stop(expect_clean_exit=server.process.poll() is None)
-        finally:
-            drop_database_now(self.endpoint, self.database)
-
-
-@contextmanager
-def cluster_of(n: int, endpoint: str, root: Path) -> Iterator[Cluster]:
-    cluster = Cluster(endpoint, new_database(), root)
-    try:
-        cluster.start_all(n)
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")
