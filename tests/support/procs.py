@@ -8,6 +8,7 @@ in tests/conftest.py, into the report of a failing test.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -93,6 +94,9 @@ class Server:
     client_cert_auth: bool = False
     argv: tuple[str, ...] = ()
     stopped: bool = field(default=False, repr=False)
+    # How it was started, so that respawn() can start it again exactly so.
+    cwd: Path | None = field(default=None, repr=False)
+    env: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def host(self) -> str:
@@ -305,6 +309,8 @@ def _launch(
             tls=tls,
             client_cert_auth=client_cert_auth,
             argv=tuple(argv),
+            cwd=cwd,
+            env=env,
         )
         _live.add(server)
         try:
@@ -320,6 +326,31 @@ def _launch(
                 continue
             raise
     raise AssertionError("unreachable")
+
+
+def respawn(server: Server) -> Server:
+    """Start a server that died (SIGKILL) again: same command line, so the same port and data
+    directory; its log goes on in the same file. Returns the new handle."""
+    if server.process.poll() is None:
+        raise ValueError(f"{server.describe()} is still running")
+    server.stopped = True
+    _live.discard(server)
+    with open(server.log_path, "ab") as log:
+        log.write(b"\n--- respawned ---\n")
+        log.flush()
+        proc = subprocess.Popen(
+            list(server.argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=server.cwd, env=server.env if server.env is not None else clean_env(),
+            start_new_session=True,
+        )
+    again = dataclasses.replace(server, process=proc, stopped=False)
+    _live.add(again)
+    try:
+        wait_ready(again)
+    except ServerStartError:
+        again.stop(expect_clean_exit=False)
+        raise
+    return again
 
 
 def _tls_flags(tls: TlsFiles | None, client_cert_auth: bool) -> list[str]:

@@ -1,0 +1,1 @@
+"""The robustness suite: recorded histories under faults, checked (see test_robustness.py)."""
