@@ -17,15 +17,19 @@ import asyncio
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from .cosmos_server_faults import ServerFaults
 
 SERVER_DIR = Path(__file__).resolve().parents[1] / "cosmos_server"
 LAUNCHER = SERVER_DIR / "cosmos-test-server.js"
@@ -45,13 +49,33 @@ def _unavailable(reason: str) -> None:
 class LocalCosmos:
     """A running cosmos-test-server.js process."""
 
-    def __init__(self, proc: subprocess.Popen[str], url: str, lines: list[str]) -> None:
+    def __init__(self, proc: subprocess.Popen[str], url: str, lines: list[str],
+                 faults_on: bool = False) -> None:
         self.proc = proc
         self.url = url
         self.lines = lines  # its output so far (for failure reports)
+        self.faults_on = faults_on
+
+    @property
+    def faults(self) -> ServerFaults:
+        """Its fault injection (support.cosmos_server_faults.ServerFaults); needs faults=True."""
+        from .cosmos_server_faults import ServerFaults
+
+        if not self.faults_on:
+            raise RuntimeError("this Cosmos test server was started without faults=True")
+        return ServerFaults(self.url)
+
+    def pause(self) -> None:
+        """An outage: SIGSTOP. The kernel still accepts connections; nothing is answered."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: it answers what queued up meanwhile."""
+        self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server would not act on SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(5)
@@ -60,17 +84,19 @@ class LocalCosmos:
                 self.proc.wait(5)
 
 
-def start_local_cosmos(*, log_requests: bool = False) -> LocalCosmos:
+def start_local_cosmos(*, log_requests: bool = False, faults: bool = False) -> LocalCosmos:
     """A server of its own (the session's is ``cosmos_endpoint``). ``log_requests``: it prints
     ``REQ <kind> <method> <path>`` per request into ``lines`` (kind: batch, feed, query or
-    plain), for counting what a gateway costs."""
+    plain), for counting what a gateway costs. ``faults``: its fault injection is on (``--faults``;
+    armed through ``.faults``, see support/cosmos_server_faults.py)."""
     node = shutil.which("node")
     if node is None:
         _unavailable("node is not on PATH (the Cosmos test server needs Node.js 20)")
     if not PACKAGE.exists():
         _unavailable(f"the npm package is not installed: run `npm ci` in {SERVER_DIR}")
     proc = subprocess.Popen(
-        [str(node), str(LAUNCHER), "--port", "0", "--host", "127.0.0.1"],
+        [str(node), str(LAUNCHER), "--port", "0", "--host", "127.0.0.1",
+         *(["--faults"] if faults else [])],
         cwd=SERVER_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "COSMOS_TEST_LOG_REQUESTS": "1"} if log_requests else None,
     )
@@ -99,7 +125,8 @@ def start_local_cosmos(*, log_requests: bool = False) -> LocalCosmos:
             raise RuntimeError(f"the Cosmos test server did not start:\n{output}")
         if line.startswith(READY):
             host_port = line[len(READY):].strip()
-            return LocalCosmos(proc, f"https://{host_port}/", lines)
+            faults_on = faults or os.environ.get("COSMOS_TEST_FAULTS") == "1"
+            return LocalCosmos(proc, f"https://{host_port}/", lines, faults_on)
 
 
 def cosmos_endpoint_fixture() -> Iterator[str]:

@@ -3,8 +3,9 @@ mapped by status code (the only module besides the tail that touches the SDK).
 
 - 429: wait the retry-after the service asked for (capped), then retry; bounded.
 - 408/410/449/5xx, timeouts, lost connections: exponential backoff, bounded; for a write whose
-  outcome the failure leaves unknown (everything but 429), :class:`OutcomeUnknown` instead, so
-  that the commit resolves it by reading the log (never a blind replay).
+  outcome the failure leaves unknown (everything but 429 and a connection that could not be
+  made), :class:`OutcomeUnknown` instead, so that the commit resolves it by reading the log
+  (never a blind replay).
 - After the retries: :class:`BackendError`, its text scrubbed of the key.
 """
 
@@ -77,6 +78,12 @@ def _retry_after(e: CosmosHttpResponseError) -> float | None:
         except ValueError:
             pass
     return None
+
+
+def _never_sent(e: ServiceRequestError) -> bool:
+    """The connection could not be made, so no byte of the request was sent."""
+    cause = getattr(e, "inner_exception", None) or e.__cause__
+    return isinstance(cause, aiohttp.ClientConnectorError)
 
 
 class Container:
@@ -190,7 +197,12 @@ class Container:
                 else:
                     raise self.error(what, e) from None
                 err: BaseException = e
-            except ServiceRequestError as e:  # never reached the service: safe to retry
+            except ServiceRequestError as e:
+                # azure-core maps every aiohttp ClientError here, a lost response
+                # (ServerDisconnectedError after the request went out) included: only a
+                # failed connect proves the request never reached the service.
+                if write and not _never_sent(e):
+                    raise OutcomeUnknown(self.error(what, e)) from e
                 delay, err = self._backoff(attempt), e
             except (TimeoutError, AzureError, aiohttp.ClientError, OSError) as e:
                 if write:
