@@ -5,7 +5,7 @@ PIP     := $(VENV)/bin/pip
 DATA    ?= default.etcdgw
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev proto lint typecheck test run bench clean
+.PHONY: install install-dev proto lint typecheck test robustness run bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,6 +28,13 @@ typecheck: install
 test: lint typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS) || { rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no tests (exit status 5)" >&2; fi; exit $$rc; }
+
+# Longer robustness runs than `make test` does: every scenario of tests/robustness for
+# ROBUSTNESS_SECONDS (default 120), one summary line each (ops, faults, verdict). A failing run
+# names the JSON file its history was saved to. ROBUSTNESS_SEED=N repeats a run's choices.
+robustness: install
+	ROBUSTNESS_SECONDS=$${ROBUSTNESS_SECONDS:-120} $(PY) -m pytest -q -s -p no:cacheprovider \
+	  tests/robustness/test_robustness.py $(PYTEST_ARGS)
 
 run: install
 	$(VENV)/bin/etcdgw serve --data-dir $(DATA) --listen-client-urls http://127.0.0.1:2379

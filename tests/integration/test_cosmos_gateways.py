@@ -556,11 +556,23 @@ async def _measure(lines: list[str], server: Server) -> list[tuple[str, float, d
     async def serializable(i: int) -> None:
         ok(await kv.range(pb.RangeRequest(key=b"/m/put", serializable=True)))
 
+    async def failed_compare(i: int) -> None:  # a write that commits nothing
+        cmp = pb.Compare(key=b"/m/put", target=pb.CompareCompareTarget.VALUE,
+                         result=pb.CompareCompareResult.EQUAL, value=b"never")
+        put = pb.RequestOp(request_put=pb.PutRequest(key=b"/m/put", value=b"x"))
+        r = ok(await kv.txn(pb.TxnRequest(compare=[cmp], success=[put])))
+        assert not r.succeeded
+
+    async def delete_nothing(i: int) -> None:
+        assert ok(await kv.delete_range(pb.DeleteRangeRequest(key=b"/m/absent"))).deleted == 0
+
     try:
         await put(0)
         await phase("idle second", 6, lambda i: asyncio.sleep(1.0))
         await phase("Put", 30, put)
         await phase("k8s update (Range + Txn)", 30, update)
+        await phase("Txn, failed compare", 30, failed_compare)
+        await phase("DeleteRange of nothing", 30, delete_nothing)
         await phase("linearizable Range", 30, linearizable)
         await phase("serializable Range", 30, serializable)
     finally:

@@ -163,11 +163,14 @@ async def fault_loop(target: Target, kinds: list[str], rng: random.Random, stop:
     if not kinds:
         await stop.wait()
         return
+    order: list[str] = []
     while not stop.is_set():
         await wait(rng.uniform(*gap))
         if stop.is_set():
             return
-        kind = rng.choice(kinds)
+        if not order:  # every kind once, in a random order, then again: all of them get hit
+            order = rng.sample(kinds, len(kinds))
+        kind = order.pop()
         where, heal = await target.inject(kind, rng)
         record = FaultRecord(kind, where, time.monotonic())
         records.append(record)
