@@ -4,7 +4,8 @@ The store owns the durable side: grants and revokes go through its commit pipeli
 the writes of the same batch, and its :class:`~etcdgw.lease.table.LeaseTable` follows every
 applied revision (attachments) and every durable grant/revoke. What is left here is time:
 
-- keepalives (L09) reset a deadline in memory only: no disk write, no pipeline round trip;
+- keepalives (L09) reset a deadline in memory only: no pipeline round trip, and on a private
+  log no disk write either (a shared one makes them durable, below);
 - the expiry loop wakes every 500 ms (etcd's check interval), lists the leases past their
   deadline and revokes them through the pipeline, at most ``REVOKE_RATE`` per second in all
   (etcd's leaseRevokeRate, N05). Expiry may lag, never lead (L16): a lease is revoked only once
@@ -19,13 +20,23 @@ Several gateways on one shared log (``shared``, the Cosmos backend) add two rule
 keepalive may reach any gateway and a gateway may die:
 
 - one gateway at a time expires leases: the *owner*, holding a claim it renews every
-  OWNER_RENEW seconds for OWNER_TTL seconds. A new owner first gives every lease its full TTL
-  from now (it cannot know what keepalives its predecessor answered), so takeover never
-  expires early;
-- a keepalive is answered only once durable: each gateway writes the time of its latest
-  keepalive per lease in one document, one write per RENEW_FLUSH window for all keepalives of
-  that window (not one per keepalive). Before expiring a lease the owner reads every gateway's
-  renewals and extends the lease instead if one is recent (with SKEW for clock differences).
+  OWNER_RENEW seconds for OWNER_TTL seconds (the claim's deadline is on the gateways' wall
+  clocks, ``wall``: skew there moves who expires, never when). A new owner first gives every
+  lease its full TTL from now (it cannot know what keepalives its predecessor answered), so
+  takeover never expires early;
+- a keepalive is answered only once durable: each gateway counts the keepalives it answers per
+  lease and writes the counters (one write per RENEW_FLUSH window for all keepalives of that
+  window, not one per keepalive), continuing across restarts from what it wrote before.
+
+No wall clock decides expiry (contract L15 whatever the clocks say): the owner compares
+counters only with the counters it read before, and times only on its own clock
+(``store.clock``). The rule: whenever the owner reads the counters and one of a lease's
+changed since its previous read (or is new to it), a keepalive happened before that read, so
+the lease lives at least until the owner's time of the read + TTL (its deadline is moved
+there, never earlier). A lease past its deadline here is revoked only after one more read
+shows no change. The owner reads when a lease is due, so a keepalive counts from when the
+owner first sees it: never early, at most one TTL late (etcd allows late, never early). A new
+owner has no previous read: its first read counts every counter as changed.
 """
 
 from __future__ import annotations
@@ -53,19 +64,22 @@ OWNER_TTL: Final = 10.0
 OWNER_RENEW: Final = 2.0
 #: Shared logs: keepalives are made durable together, once per this window.
 RENEW_FLUSH: Final = 0.05
-#: Shared logs: allowance for wall clocks that differ between gateways (etcd extends leases
-#: by one election timeout on a leader change for the same reason).
-SKEW: Final = 1.0
 
 
 class SharedLeases(Protocol):
     """What a shared log offers for leases across gateways (CosmosBackend)."""
 
-    async def claim_lease_owner(self, member_id: int, ttl: float) -> bool: ...
+    async def claim_lease_owner(self, member_id: int, ttl: float, now: float) -> bool:
+        """Become or stay the expiry owner for ``ttl`` s from ``now`` (wall clock)."""
 
-    async def save_renewals(self, member_id: int, renewals: dict[int, float]) -> None: ...
+    async def save_renewals(self, member_id: int, renewals: dict[int, int],
+                            changed: set[int]) -> None:
+        """Make this gateway's counters durable (lease id -> keepalives answered, live leases
+        only); ``changed``: leases renewed or dropped since the last call that returned.
+        ``renewals`` is read when the call is made and must not be replaced meanwhile."""
 
-    async def load_renewals(self) -> dict[int, float]: ...
+    async def load_renewals(self) -> dict[tuple[int, int], int]:
+        """Every gateway's counters: (member id, lease id) -> keepalives answered."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,10 @@ class LeaseManager:
         self._shared = shared
         self._wall = wall
         self.owner = shared is None  # a private log's only gateway always expires
-        self._renewed: dict[int, float] = {}  # this gateway's latest keepalive per lease
+        self._renewed: dict[int, int] = {}  # this gateway's keepalives answered per lease
+        self._changed: set[int] = set()  # leases renewed or dropped since the last save
+        self._resumed = False  # counters continued from this gateway's durable ones
+        self._seen: dict[tuple[int, int], int] = {}  # the owner's last read of the counters
         self._dirty = asyncio.Event()
         self._waiters: list[asyncio.Future[None]] = []
 
@@ -139,7 +156,8 @@ class LeaseManager:
             ttl = store.leases.renew(lease_id, store.clock())
             if ttl == 0:
                 return 0
-        self._renewed[lease_id] = self._wall()
+        self._renewed[lease_id] = self._renewed.get(lease_id, 0) + 1
+        self._changed.add(lease_id)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self._dirty.set()
@@ -177,11 +195,12 @@ class LeaseManager:
         member_id = self._store.member_id
         while True:
             try:
-                owner = await self._shared.claim_lease_owner(member_id, OWNER_TTL)
+                owner = await self._shared.claim_lease_owner(member_id, OWNER_TTL, self._wall())
             except Exception as e:  # unreachable log: stop expiring until it answers again
                 log.warning("lease owner claim failed: %s", e)
                 owner = False
             if owner and not self.owner:
+                self._seen = {}  # what it read as an earlier owner is no history to go by
                 store = self._store
                 store.leases.extend_all(store.clock())
                 log.info("this gateway now expires leases (%d leases given their full TTL)",
@@ -199,10 +218,8 @@ class LeaseManager:
             await asyncio.sleep(RENEW_FLUSH)  # gather the window's keepalives
             self._dirty.clear()
             waiters, self._waiters = self._waiters, []
-            live = self._store.leases
-            self._renewed = {i: at for i, at in self._renewed.items() if i in live}
             try:
-                await self._shared.save_renewals(self._store.member_id, dict(self._renewed))
+                await self._save()
                 # Each keepalive of the window is answered from the lease table after this
                 # barrier (one point read for the whole window): a lease revoked through
                 # another gateway before the keepalive arrived answers TTL 0.
@@ -217,22 +234,46 @@ class LeaseManager:
                 if not fut.done():
                     fut.set_result(None)
 
+    async def _save(self) -> None:
+        assert self._shared is not None
+        store, shared = self._store, self._shared
+        live = store.leases
+        if not self._resumed:
+            # A restarted gateway goes on from the counters it wrote before: counting from 0
+            # again could write a value the owner already read, and hide a keepalive.
+            before = await shared.load_renewals()
+            for (member_id, lease_id), n in before.items():
+                if member_id == store.member_id and lease_id in live:
+                    self._renewed[lease_id] = self._renewed.get(lease_id, 0) + n
+                    self._changed.add(lease_id)
+            self._resumed = True
+        gone = [i for i in self._renewed if i not in live]
+        for lease_id in gone:
+            del self._renewed[lease_id]
+        self._changed.update(gone)
+        changed, self._changed = self._changed, set()
+        try:
+            await shared.save_renewals(store.member_id, self._renewed, changed)
+        except BaseException:
+            self._changed |= changed  # written again by the next flush
+            raise
+
     async def _still_expired(self, ids: list[int]) -> list[int]:
-        """Of leases expired here, those no gateway renewed lately; the others get their
-        deadline moved to what the latest renewal gives."""
+        """Of leases expired here, those no gateway renewed since the owner's previous read of
+        the counters; every lease whose counter changed (these or others) gets its deadline
+        moved to now + TTL, now being on this gateway's clock, just after the read."""
         if self._shared is None or not ids:
             return ids
         renewals = await self._shared.load_renewals()
-        store, now_wall = self._store, self._wall()
-        out = []
-        for lease_id in ids:
-            lease = store.leases.get(lease_id)
-            at = renewals.get(lease_id)
-            if lease is not None and at is not None and at + lease.ttl + SKEW > now_wall:
-                store.leases.extend(lease_id, store.clock() + (at + lease.ttl + SKEW - now_wall))
-            else:
-                out.append(lease_id)
-        return out
+        store = self._store
+        now, table, seen = store.clock(), store.leases, self._seen
+        for key, n in renewals.items():
+            if seen.get(key) != n:
+                lease = table.get(key[1])
+                if lease is not None:
+                    table.extend(lease.id, now + lease.ttl)
+        self._seen = renewals
+        return [i for i in ids if table.is_expired(i, now)]
 
     async def _expiry_loop(self) -> None:
         while True:

@@ -580,15 +580,16 @@ class CosmosBackend:
             pass
         self._poke.clear()
 
-    async def claim_lease_owner(self, member_id: int, ttl: float) -> bool:
+    async def claim_lease_owner(self, member_id: int, ttl: float, now: float) -> bool:
         await self._open()
-        return await lease_docs.claim_owner(self.c, member_id, ttl)
+        return await lease_docs.claim_owner(self.c, member_id, ttl, now)
 
-    async def save_renewals(self, member_id: int, renewals: dict[int, float]) -> None:
+    async def save_renewals(self, member_id: int, renewals: dict[int, int],
+                            changed: set[int]) -> None:
         await self._open()
-        await lease_docs.save_renewals(self.c, member_id, renewals)
+        await lease_docs.save_renewals(self.c, member_id, renewals, changed)
 
-    async def load_renewals(self) -> dict[int, float]:
+    async def load_renewals(self) -> dict[tuple[int, int], int]:
         await self._open()
         return await lease_docs.load_renewals(self.c)
 
