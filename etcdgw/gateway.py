@@ -111,6 +111,7 @@ class Gateway:
             )
             self._store.listeners.append(self._hub.on_apply)
             self._store.compaction_listeners.append(self._hub.on_compact)
+            self._store.reload_listeners.append(self._hub.on_reload)
             shared_leases: Any = (
                 self._backend if hasattr(self._backend, "claim_lease_owner") else None
             )
@@ -254,6 +255,14 @@ class Gateway:
               lambda: hub.watcher_count)
         gauge("etcdgw_alarms_active", "Active alarms (NOSPACE, CORRUPT).",
               lambda: len(alarms.list()))
+        follower = store.follower
+        if follower is not None:
+            self.metrics.counter(
+                "etcdgw_store_reloads_total", "Times this gateway lost its tail of the shared "
+                "log and reloaded its replica from the backend.", lambda: follower.reloads)
+            self.metrics.counter(
+                "etcdgw_store_reload_failures_total", "Reload attempts that failed (each is "
+                "tried again after a backoff).", lambda: follower.reload_failures)
         leases = self._leases
         if leases is not None:
             gauge("etcdgw_leases", "Live leases.", lambda: len(leases.live()))

@@ -15,6 +15,9 @@ and go-grpc-prometheus where the meaning is the same, so existing dashboards wor
   gateway registers with :meth:`Metrics.gauge`.
 - ``etcd_disk_backend_commit_duration_seconds`` and ``etcdgw_store_commit_batch_requests`` from
   the store's commit pipeline (one observation per group commit).
+- ``etcdgw_store_reloads_total`` and ``etcdgw_store_reload_failures_total`` (shared logs): tails
+  lost and reloaded in process, and reload attempts that failed and were tried again; counters
+  the gateway registers with :meth:`Metrics.counter`.
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ class Metrics:
     def __init__(self) -> None:
         self._calls: dict[str, CallStats] = {}
         self._gauges: list[tuple[str, str, Gauge]] = []
+        self._counters: list[tuple[str, str, Gauge]] = []  # read at scrape time too
         self.commit_seconds = Histogram(COMMIT_BUCKETS)
         self.commit_batch = Histogram(BATCH_BUCKETS)
 
@@ -134,6 +138,11 @@ class Metrics:
         """Add (or replace) a gauge read at every scrape."""
         self._gauges = [g for g in self._gauges if g[0] != name]
         self._gauges.append((name, help_text, read))
+
+    def counter(self, name: str, help_text: str, read: Gauge) -> None:
+        """Add (or replace) a counter kept elsewhere, read at every scrape (only grows)."""
+        self._counters = [c for c in self._counters if c[0] != name]
+        self._counters.append((name, help_text, read))
 
     def on_commit(self, requests: int, seconds: float) -> None:
         """The store's commit listener: one group commit of ``requests`` requests."""
@@ -157,13 +166,14 @@ class Metrics:
                 "handled by the server.")
         for s in calls:
             s.latency.render("grpc_server_handling_seconds", s.labels, out)
-        for name, help_text, read in self._gauges:
-            try:
-                value = float(read())
-            except Exception:  # a gauge must never break the scrape
-                value = math.nan
-            _header(out, name, "gauge", help_text)
-            out.append(f"{name} {_num(value)}")
+        for kind, reads in (("gauge", self._gauges), ("counter", self._counters)):
+            for name, help_text, read in reads:
+                try:
+                    value = float(read())
+                except Exception:  # a gauge must never break the scrape
+                    value = math.nan
+                _header(out, name, kind, help_text)
+                out.append(f"{name} {_num(value)}")
         _header(out, "etcd_disk_backend_commit_duration_seconds", "histogram",
                 "The latency distributions of commit called by backend.")
         self.commit_seconds.render("etcd_disk_backend_commit_duration_seconds", "", out)

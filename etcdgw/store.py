@@ -25,14 +25,13 @@ from etcdgw.backends.base import (
     Backend,
     BackendError,
     CommitConflict,
-    Committed,
     LeaseChange,
     LogPosition,
     RequestTooLarge,
     SharedBackend,
-    TailLost,
     Throttled,
 )
+from etcdgw.follower import Follower, replica_from
 from etcdgw.lease.table import LeaseTable, effective_ttl
 from etcdgw.mvcc.keys import KeyRange
 from etcdgw.mvcc.overlay import Overlay
@@ -141,6 +140,12 @@ class Store:
             cast(SharedBackend, backend) if hasattr(backend, "tail") else None
         )
         self._follower: asyncio.Task[None] | None = None
+        self.follower: Follower | None = None  # the tail (etcdgw/follower.py)
+        # Held by the pipeline while it evaluates, commits and applies a batch, and by a reload
+        # while it loads the log and replaces the replica: writes never interleave with one.
+        self._gate = asyncio.Lock()
+        # Called once a reload has replaced the replica's and the lease table's contents.
+        self.reload_listeners: list[Callable[[], None]] = []
         # Our own lease changes, applied when they committed, that the tail will bring back:
         # skipped once each there (a lease-only commit has no revision to skip it by).
         self._echo: collections.Counter[LeaseChange] = collections.Counter()
@@ -157,12 +162,7 @@ class Store:
         ``member_name`` (unique per gateway, like etcd's --name), so it is stable across
         restarts and needs no local state (G05)."""
         loaded = await backend.load()
-        replica = Replica()
-        for rev, changes in loaded.revisions:
-            replica.apply(rev, changes)
-        replica.set_revision(loaded.rev, loaded.compact_rev)
-        if loaded.compact_rev > 0:
-            replica.compact(loaded.compact_rev)
+        replica = replica_from(loaded)
         member_id = loaded.member_id
         if hasattr(backend, "tail") and member_name:
             member_id = shared_member_id(loaded.cluster_id, member_name)
@@ -178,8 +178,9 @@ class Store:
                            if v.lease)
         store._pipeline = asyncio.create_task(store._run(), name="etcdgw-commit-pipeline")
         if store._shared is not None:
+            store.follower = Follower(store, store._shared)
             store._follower = asyncio.create_task(
-                store._follow(store._shared, loaded.rev), name="etcdgw-log-tail"
+                store.follower.run(loaded.rev), name="etcdgw-log-tail"
             )
         if loaded.compact_rev > 0:
             store._start_physical_compaction(loaded.compact_rev)
@@ -330,68 +331,87 @@ class Store:
           read barrier, one point read of the log's position; if the replica is behind it, it
           catches up and the batch is evaluated again (a delete that found nothing may now find
           the key another gateway has just put).
+
+        Each evaluation, its commit and its application hold the gate (``_gate``), which a
+        reload holds while it loads the log and replaces the replica (etcdgw/follower.py): a
+        batch waits for a reload at most CATCH_UP_TIMEOUT, then fails UNAVAILABLE. Waiting
+        for the tail (after a conflict, or behind the barrier) happens outside the gate.
         """
         pending = [item for item in batch if not item.fut.done()]
         while pending:
-            replica = self.replica
-            at = self.position
-            expected = at.rev
-            ov = Overlay(replica)
-            lb = _LeaseBatch()
-            done: list[tuple[_Queued, bytes, bool, int]] = []  # item, response, physical, rev
-            failed: list[tuple[_Queued, errors.EtcdError]] = []
-            for item in pending:
-                if item.fut.done():  # the caller went away before evaluation: never applied
-                    continue
-                try:
-                    response, physical = self._evaluate(ov, item, lb)
-                except errors.EtcdError as e:
-                    failed.append((item, e))
-                    continue
-                done.append((item, response, physical, ov.rev))
-
-            compact_rev = ov.compactions[-1] if ov.compactions else None
-            if ov.revisions or compact_rev is not None or lb.changes:
-                commit_started = time.perf_counter()
-                changes = [change for _, change in lb.changes]
-                try:
-                    await self._backend.commit(expected, ov.revisions, compact_rev, changes,
-                                               expected_lease_seq=at.lease_seq)
-                except CommitConflict as e:
-                    seen = e.position
-                    if seen is not None and at.covers(seen):
-                        seen = None  # no position beyond ours: ask the log where it is
+            if not await self._enter_gate():
+                self._fail(pending, errors.TIMEOUT)  # a reload held it (the tail was lost)
+                return
+            conflict: CommitConflict | None = None
+            committed = False
+            try:  # evaluate, commit, apply: under the gate, never beside a reload
+                at = self.position
+                expected = at.rev
+                ov = Overlay(self.replica)
+                lb = _LeaseBatch()
+                done: list[tuple[_Queued, bytes, bool, int]] = []  # item, response, physical, rev
+                failed: list[tuple[_Queued, errors.EtcdError]] = []
+                for item in pending:
+                    if item.fut.done():  # the caller went away before evaluation: never applied
+                        continue
                     try:
-                        await self._catch_up(seen)
-                    except errors.EtcdError as catch_up_failed:
-                        self._fail(pending, catch_up_failed)
+                        response, physical = self._evaluate(ov, item, lb)
+                    except errors.EtcdError as e:
+                        failed.append((item, e))
+                        continue
+                    done.append((item, response, physical, ov.rev))
+
+                compact_rev = ov.compactions[-1] if ov.compactions else None
+                if ov.revisions or compact_rev is not None or lb.changes:
+                    commit_started = time.perf_counter()
+                    changes = [change for _, change in lb.changes]
+                    try:
+                        await self._backend.commit(expected, ov.revisions, compact_rev, changes,
+                                                   expected_lease_seq=at.lease_seq)
+                    except CommitConflict as e:
+                        conflict = e  # caught up with outside the gate (a reload may be due)
+                    except RequestTooLarge as e:
+                        # One revision did not fit the backend's largest commit: that request
+                        # fails as too large (X19), the others are evaluated again without it.
+                        too_big = e.rev if e.rev is not None else expected + 1
+                        culprit = [it for it, _, _, rev in done if rev >= too_big][:1]
+                        for item in culprit:
+                            item.fut.set_exception(errors.REQUEST_TOO_LARGE)
+                        pending = [it for it in pending if it not in culprit]
+                        if not culprit:
+                            self._fail(pending, errors.REQUEST_TOO_LARGE)
+                            return
+                        continue
+                    except BackendError as e:
+                        log.error("commit of revisions %d..%d failed: %s", expected + 1, ov.rev,
+                                  e)
+                        throttled = isinstance(e, Throttled)
+                        self._fail(pending,
+                                   errors.TOO_MANY_REQUESTS if throttled else errors.TIMEOUT)
                         return
-                    continue
-                except RequestTooLarge as e:
-                    # One revision did not fit the backend's largest commit: that request
-                    # fails as too large (X19), the others are evaluated again without it.
-                    too_big = e.rev if e.rev is not None else expected + 1
-                    culprit = [it for it, _, _, rev in done if rev >= too_big][:1]
-                    for item in culprit:
-                        item.fut.set_exception(errors.REQUEST_TOO_LARGE)
-                    pending = [it for it in pending if it not in culprit]
-                    if not culprit:
-                        self._fail(pending, errors.REQUEST_TOO_LARGE)
-                        return
-                    continue
-                except BackendError as e:
-                    log.error("commit of revisions %d..%d failed: %s", expected + 1, ov.rev, e)
-                    throttled = isinstance(e, Throttled)
-                    self._fail(pending, errors.TOO_MANY_REQUESTS if throttled else errors.TIMEOUT)
+                    else:
+                        committed = True
+                        for on_commit in self.commit_listeners:
+                            on_commit(len(done), time.perf_counter() - commit_started)
+                        if self._shared is not None:
+                            self._echo.update(changes)
+                        if changes:  # the backend counts every commit with lease changes
+                            self._lease_seq = at.lease_seq + 1
+                        self._apply_batch(ov, lb, compact_rev)
+            finally:
+                self._gate.release()
+
+            if conflict is not None:
+                seen = conflict.position
+                if seen is not None and at.covers(seen):
+                    seen = None  # no position beyond ours: ask the log where it is
+                try:
+                    await self._catch_up(seen)
+                except errors.EtcdError as catch_up_failed:
+                    self._fail(pending, catch_up_failed)
                     return
-                for on_commit in self.commit_listeners:
-                    on_commit(len(done), time.perf_counter() - commit_started)
-                if self._shared is not None:
-                    self._echo.update(changes)
-                if changes:  # the backend counts every commit with lease changes
-                    self._lease_seq = at.lease_seq + 1
-                self._apply_batch(ov, lb, compact_rev)
-            elif self._shared is not None:
+                continue
+            if not committed and self._shared is not None:
                 # Nothing to commit, so no conditional append vouches for the replica: the
                 # read barrier does (one point read), taken after the batch was formed.
                 try:
@@ -417,6 +437,21 @@ class Store:
                 if not item.fut.done():
                     item.fut.set_result(response)
             return
+
+    async def _enter_gate(self) -> bool:
+        """Take the pipeline's gate; False if a reload holds it past CATCH_UP_TIMEOUT."""
+        gate = self._gate
+        if not gate.locked():
+            await gate.acquire()
+            return True
+        try:
+            async with asyncio.timeout(CATCH_UP_TIMEOUT):
+                await gate.acquire()
+        except TimeoutError:
+            log.warning("a write waited %.0f s for the reload of this gateway's replica",
+                        CATCH_UP_TIMEOUT)
+            return False
+        return True
 
     def _apply_batch(self, ov: Overlay, lb: _LeaseBatch, compact_rev: int | None) -> None:
         """Durable: apply in revision order (lease records in their place between the
@@ -510,64 +545,6 @@ class Store:
     def _advance(self) -> None:
         self._advanced.set()
         self._advanced = asyncio.Event()
-
-    async def _follow(self, backend: SharedBackend, after: int) -> None:
-        """The one tail reader of this gateway (rule 4): every commit, ours included, in log
-        order. Ours were applied when they committed, so their revisions are skipped here.
-
-        A tail that fails is started again from the replica's revision. One that cannot go
-        on (the log was compacted past what this gateway has: the backend's TailLost) stops:
-        linearizable reads and writes then time out UNAVAILABLE, and a restart reloads."""
-        while True:
-            try:
-                async for entry in backend.tail(after):
-                    try:
-                        self._apply_entry(entry)
-                    except Exception:
-                        log.exception("applying revision %d from the log failed", entry.rev)
-                        raise
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                if isinstance(e, TailLost):
-                    log.error("this gateway can no longer follow the log (%s): restart it", e)
-                    return
-                log.exception("following the log failed; starting again from revision %d",
-                              self.replica.rev)
-                after = self.replica.rev
-                await asyncio.sleep(1.0)
-
-    def _apply_entry(self, entry: Committed) -> None:
-        replica = self.replica
-        now = self.clock()
-        theirs = []
-        for change in entry.leases:
-            if self._echo[change] > 0:  # ours, applied at commit time
-                self._echo[change] -= 1
-            else:
-                theirs.append(change)
-        # Grants first: a revision of the same commit may attach keys to them.
-        for lease_id, ttl in theirs:
-            if ttl is not None and lease_id not in self.leases:
-                self.leases.grant(lease_id, ttl, now)
-        for rev, changes in entry.revisions:
-            if rev <= replica.rev:
-                continue
-            if rev != replica.rev + 1:
-                raise RuntimeError(f"the log skipped from {replica.rev} to {rev}")
-            replica.apply(rev, changes)
-            self.leases.apply(changes)
-            for listener in self.listeners:
-                listener(rev, changes)
-        for lease_id, ttl in theirs:
-            if ttl is None:
-                self.leases.revoke(lease_id)
-        if entry.lease_seq is not None and entry.lease_seq > self._lease_seq:
-            self._lease_seq = entry.lease_seq
-        if entry.compact_rev is not None and entry.compact_rev > replica.compact_rev:
-            self._apply_compaction(entry.compact_rev)
-        self._advance()
 
     def _apply_lease_change(self, change: LeaseChange) -> None:
         lease_id, ttl = change

@@ -7,7 +7,7 @@ whole batches of already-evaluated revisions, conditional on the revision it eva
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -56,7 +56,8 @@ class Throttled(BackendError):
 
 class TailLost(BackendError):
     """A shared log's tail cannot continue without a gap (revisions this gateway never saw
-    were compacted away): only a reload can bring the replica back."""
+    were compacted away): only a reload can bring the replica back. The store then loads the
+    log again in process (etcdgw/follower.py) and starts a new tail where the load ended."""
 
 
 class RequestTooLarge(BackendError):
@@ -96,6 +97,9 @@ class Loaded:
     leases: Sequence[tuple[int, int]] = ()
     # Shared logs: the lease sequence of the log when ``rev`` was read (LogPosition).
     lease_seq: int = 0
+    # Shared logs: live lease id -> the lease sequence its grant was committed at (a reload
+    # keeps a lease's deadline only if it is the grant the gateway had already seen).
+    lease_granted: Mapping[int, int] | None = None
 
 
 class Backend(Protocol):
@@ -155,11 +159,13 @@ class SharedBackend(Backend, Protocol):
     - ``commit`` raises CommitConflict when another gateway committed first; it never returns
       or raises with the outcome unknown: a commit whose response was lost is resolved by
       reading the log before ``commit`` returns (committed: return; not: raise BackendError).
-    - ``tail`` follows every commit, this gateway's own included, from ``after_rev`` on.
     - ``commit`` is conditional on the whole position: it raises CommitConflict when the log is
       not at (``expected_rev``, ``expected_lease_seq``), so a batch evaluated before another
       gateway's lease-only commit is evaluated again, not written over it.
-    - ``tail`` follows every commit, this gateway's own included, from ``after_rev`` on.
+    - ``tail`` follows every commit, this gateway's own included, from ``after_rev`` on. One
+      tail at a time: a new one may start once the previous one has ended (raised, or was
+      closed). A tail that cannot go on raises TailLost; ``load`` may then be called again (a
+      reload) and a tail started from the revision it returned.
     - ``committed_position`` is the read barrier: the log's position now (one point read).
     - ``poke`` asks the tail to read now.
     """

@@ -85,6 +85,27 @@ class LeaseTable:
                 del self._key_lease[key]
         return True
 
+    def replace(self, records: Iterable[tuple[int, int]], now: float,
+                known: Callable[[int], bool]) -> None:
+        """Take the lease records of a reload (lease id, effective TTL): a lease this table
+        already has, with the same TTL, for which ``known(lease_id)`` holds (it is the grant
+        this table saw, not one made again with the same id meanwhile) keeps its deadline and
+        its Lease object; any other gets its full TTL from ``now``; leases not in ``records``
+        are gone. So a reload never expires a lease early (L15). Every attachment is dropped:
+        the caller applies the reloaded replica's live versions again (:meth:`apply`)."""
+        old = self._leases
+        self._leases = {}
+        self._key_lease = {}
+        for lease_id, ttl in records:
+            lease = old.get(lease_id)
+            if lease is not None and lease.ttl == ttl and known(lease_id):
+                lease.keys = set()
+            else:
+                lease = Lease(lease_id, ttl, now + ttl)
+            self._leases[lease_id] = lease
+        self._heap = [(v.deadline, v.id) for v in self._leases.values()]
+        heapq.heapify(self._heap)
+
     def fresh_id(self, rand: Callable[[], int], taken: Callable[[int], bool]) -> int:
         """A positive int64 id that no lease here has and ``taken`` does not claim (L04)."""
         while True:

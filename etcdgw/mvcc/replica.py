@@ -174,6 +174,16 @@ class Replica:
         self.rev = max(self.rev, rev)
         self.compact_rev = compact_rev
 
+    def assume(self, other: Replica) -> None:
+        """Take over ``other``'s whole state (a reload, after the store's tail was lost): one
+        synchronous step, so every holder of this object (the store, the watch hub) sees the
+        old state or the new one, never a mix. ``other`` must not be used afterwards."""
+        self.rev = other.rev
+        self.compact_rev = other.compact_rev
+        self._keys = other._keys
+        self._hist = other._hist
+        self.log = other.log
+
     def compact(self, rev: int) -> None:
         """Drop history that reads at >= ``rev`` cannot see (contract C04): for every key the
         versions older than its version live at ``rev``, and that version too if it is a

@@ -305,6 +305,33 @@ class WatchHub:
                 if not w.synced and w.next_rev < rev:
                     s.cancel_compacted(w, rev)
 
+    def on_reload(self) -> None:
+        """The store reloaded the replica in place (its tail was lost, etcdgw/follower.py):
+        the revisions between what the tail last delivered and the reloaded revision never
+        came through :meth:`on_apply`. A synced watcher waiting for one of them (its next
+        revision is at or below the replica's) catches up from that revision, replayed from
+        the reloaded history without gap or duplicate, then goes live again; any watcher whose
+        next revision the reloaded history no longer reaches (below the compaction point) is
+        cancelled with ``compact_revision`` (W08). A watcher waiting for a future revision
+        stays as it is."""
+        replica = self.replica
+        self._windows.clear()
+        self._replay_cache.clear()  # encoded against the replica's old contents
+        for s in list(self.streams):
+            behind = False
+            for w in list(s.watchers.values()):
+                if w.synced and w.next_rev <= replica.rev:
+                    w.synced = False
+                    self._remove(w)
+                if w.synced:
+                    continue
+                if w.next_rev < replica.compact_rev:
+                    s.cancel_compacted(w, replica.compact_rev)
+                else:
+                    behind = True
+            if behind:
+                s.wake_catch_up()
+
     async def _tick(self) -> None:
         """W21: progress for every synced progress_notify watcher that got no events."""
         while True:

@@ -96,6 +96,8 @@ class FakeStore:
         self.listeners: list[Any] = []
         self.compaction_listeners: list[Any] = []
         self.commit_listeners: list[Any] = []
+        self.reload_listeners: list[Any] = []
+        self.follower = None  # a private log: no tail, no reloads
         self.compact_revision = -1
         # What the lease manager reads (no lease is ever granted here).
         self.leases = LeaseTable()

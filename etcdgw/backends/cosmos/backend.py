@@ -181,6 +181,8 @@ class CosmosBackend:
             revisions=(m.decode_revision(d) for d in rows),
             leases=[(int(d["lease"]), int(d["ttl"])) for d in leases if not d.get("revoked")],
             lease_seq=m.lease_seq(meta),
+            lease_granted={int(d["lease"]): int(d.get("lseq", 0)) for d in leases
+                           if not d.get("revoked")},
         )
 
     async def rev_docs(self, after: int, upto: int | None = None) -> list[Doc]:
@@ -496,6 +498,10 @@ class CosmosBackend:
     # -- tail ------------------------------------------------------------------------------
 
     def tail(self, after_rev: int) -> AsyncIterator[Committed]:
+        """The change-feed reader from ``after_rev`` (tail.py). One at a time: the next may
+        start once this one has ended (TailLost) or been closed (``aclose``); a reload calls
+        ``load`` again first, and a tail from the revision it returned starts at the feed
+        position taken before that load's reads."""
         if self._tail_started:
             raise BackendError("cosmos: one change-feed reader per backend")
         self._tail_started = True
@@ -506,7 +512,17 @@ class CosmosBackend:
             token = self._feed_token
         compact = self._loaded[1] if self._loaded is not None else -1
         lseq = self._loaded[2] if self._loaded is not None else 0
-        return follow(self, after_rev, token, compact, lseq)
+        return self._one_reader(follow(self, after_rev, token, compact, lseq))
+
+    async def _one_reader(self, entries: AsyncIterator[Committed]) -> AsyncIterator[Committed]:
+        try:
+            async for entry in entries:
+                yield entry
+        finally:
+            self._tail_started = False
+            aclose = getattr(entries, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     # -- compaction ------------------------------------------------------------------------
 

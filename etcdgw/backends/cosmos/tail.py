@@ -24,7 +24,8 @@ revoked. What the reader keeps:
 A revision that meta confirms but the feed has not shown (the tail started late, or a page was
 missed) is read back by range (``c.rev > @after ORDER BY c.rev``). If it is gone for good
 (physical compaction deleted it before this reader saw it) the reader raises TailLost: the
-gateway is too far behind and must reload.
+gateway is too far behind, and its store reloads in process (etcdgw/follower.py), then starts a
+new reader at the feed position its new load took.
 
 Continuation: the SDK rewrites the ``etag`` of the response headers it passes to the
 ``response_hook`` into its continuation token; it is read from that dict after iterating
@@ -157,10 +158,10 @@ class _State:
 
 class _Outage:
     """Cosmos failing the tail's reads (after the request layer's own bounded retries): the
-    tail waits and reads again, for as long as it takes. Nothing restarts a tail that ended,
-    so ending it on a transient outage would leave the gateway behind for good (linearizable
-    reads timing out, watchers missing other gateways' writes); meanwhile reads and writes
-    fail UNAVAILABLE on their own. Only TailLost ends the tail."""
+    tail waits and reads again, for as long as it takes. A tail that ends makes the store
+    reload the whole log (etcdgw/follower.py), far dearer than reading on where it stopped,
+    so a transient outage does not end it; meanwhile linearizable reads and writes fail
+    UNAVAILABLE on their own. Only TailLost ends the tail."""
 
     MAX_DELAY = 1.0
 
